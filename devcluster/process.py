@@ -1,0 +1,75 @@
+"""A child server process: start, readiness, kill -9, SIGSTOP/SIGCONT, log tail."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+class ServerProcess:
+    """Owns one server's Popen handle and its log file."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self, argv: list[str], *, cwd: Path, detach: bool = False) -> None:
+        """Start argv with stdout/stderr appended to the log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=detach,
+            )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait, then SIGKILL. Safe to call twice and on a stopped process."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        self.resume()  # a stopped process cannot handle SIGTERM
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+    def kill9(self) -> None:
+        """SIGKILL and reap: the crash case, no chance to flush anything."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing."""
+        if self.running and self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running and self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return f"({self.name}: no log at {self.log_path})"
+        return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,153 @@
+"""One real redis-server process on a loopback port, in its own directory."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from devcluster.ports import LOOPBACK, free_port, wait_until
+from devcluster.process import ServerProcess
+
+# Settings every local server gets. AOF (fsync every second) so that a kill -9 followed by
+# a restart "with its data" keeps what was written up to a second before.
+BASE_CONFIG: dict[str, str] = {
+    "bind": LOOPBACK,
+    "protected-mode": "no",
+    "daemonize": "no",
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "save": '""',
+    "dbfilename": "dump.rdb",
+    "logfile": "redis.log",
+    "loglevel": "notice",
+}
+
+
+def _ping(port: int) -> bool:
+    """True once the server answers PING with PONG (not LOADING, not refused)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server with start/stop/kill -9/restart (with data, empty, or from a snapshot)."""
+
+    def __init__(
+        self,
+        name: str,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.dir = base_dir / name
+        self.port = port or free_port()
+        self.config = {**BASE_CONFIG, **(config or {})}
+        self._process = ServerProcess(f"redis-{name}", self.dir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    def _write_config(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"port {self.port}", f"dir {self.dir}"]
+        lines += [f"{key} {value}" for key, value in self.config.items()]
+        path = self.dir / "redis.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, *, detach: bool = False, timeout_s: float = 20.0) -> None:
+        """Start the server and wait until it answers PING."""
+        conf = self._write_config()
+        self._process.spawn(["redis-server", str(conf)], cwd=self.dir, detach=detach)
+        try:
+            wait_until(
+                lambda: self._process.running and _ping(self.port),
+                timeout_s=timeout_s,
+                what=f"redis-server {self.name} on port {self.port}",
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- log tail ---\n{self.log_tail()}") from None
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def kill9(self) -> None:
+        """Crash it: SIGKILL, no shutdown save."""
+        self._process.kill9()
+
+    def pause(self) -> None:
+        self._process.pause()
+
+    def resume(self) -> None:
+        self._process.resume()
+
+    def wipe_data(self) -> None:
+        """Delete the RDB and AOF files (the server must be stopped)."""
+        for path in (self.dir / "dump.rdb", self.dir / "appendonlydir"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def snapshot(self, dest: Path) -> Path:
+        """SAVE and copy the RDB file to dest, for a later restore from an old snapshot."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=30) as sock:
+            sock.sendall(b"SAVE\r\n")
+            reply = sock.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"SAVE on {self.name} answered {reply!r}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.dir / "dump.rdb", dest)
+        return dest
+
+    def restart(
+        self, *, keep_data: bool = True, from_snapshot: Path | None = None, crash: bool = True
+    ) -> None:
+        """Restart on the same port: with its data, empty, or from an RDB snapshot.
+
+        crash=True kills it with SIGKILL first (no final save), like a machine failure.
+        """
+        if crash:
+            self.kill9()
+        else:
+            self.stop()
+        if from_snapshot is not None or not keep_data:
+            self.wipe_data()
+        if from_snapshot is not None:
+            shutil.copyfile(from_snapshot, self.dir / "dump.rdb")
+            # With AOF on, redis would load the (now empty) AOF instead of the RDB:
+            # start this once from the RDB alone, then turn AOF back on live.
+            self.config = {**self.config, "appendonly": "no"}
+            self.start()
+            self._command("CONFIG", "SET", "appendonly", "yes")
+            self.config = {**self.config, "appendonly": "yes"}
+            return
+        self.start()
+
+    def _command(self, *args: str) -> bytes:
+        payload = f"*{len(args)}\r\n".encode()
+        for arg in args:
+            data = arg.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(data), data)
+        with socket.create_connection((LOOPBACK, self.port), timeout=30) as sock:
+            sock.sendall(payload)
+            return sock.recv(4096)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self._process.log_tail(lines)
