@@ -1,0 +1,44 @@
+"""Every internal Redis key name and Kafka topic name, and the "is this key internal?" test.
+
+Internal keys live in the same Redis as user data under a reserved prefix. They are never
+captured as changes, never replicated as data and never shown in reports as user keys.
+"""
+
+from __future__ import annotations
+
+INTERNAL_PREFIX = b"__rr:"
+
+# Per-region daemon status, read by the failover client before failing back (a hash;
+# fields in STATUS_FIELDS). It expires if the daemon stops refreshing it, so a dead daemon
+# never looks "consistent".
+STATUS_KEY = b"__rr:status"
+STATUS_FIELDS = ("state", "region", "since_ms", "last_repair_ms", "updated_ms")
+STATUS_CONSISTENT = "consistent"
+STATUS_RECOVERING = "recovering"
+STATUS_REPAIRING = "repairing"
+STATUS_STATES = (STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING)
+
+
+def is_internal(key: bytes) -> bool:
+    """True for keys the daemon owns (metadata, status): never replicated."""
+    return key.startswith(INTERNAL_PREFIX)
+
+
+def changes_topic(prefix: str, region: str) -> str:
+    """The topic carrying `region`'s local changes."""
+    return f"{prefix}.changes.{region}"
+
+
+def control_topic(prefix: str) -> str:
+    """Heartbeats, anti-entropy requests and answers, resync requests."""
+    return f"{prefix}.control"
+
+
+def deadletter_topic(prefix: str) -> str:
+    """Messages that could not be decoded or validated, with the reason."""
+    return f"{prefix}.deadletter"
+
+
+def clients_topic(prefix: str) -> str:
+    """Failover-client connectivity metrics and failover/failback events."""
+    return f"{prefix}.clients"
