@@ -42,3 +42,23 @@ def deadletter_topic(prefix: str) -> str:
 def clients_topic(prefix: str) -> str:
     """Failover-client connectivity metrics and failover/failback events."""
     return f"{prefix}.clients"
+
+
+_META_PREFIX = INTERNAL_PREFIX + b"m:{"
+
+
+def meta_key(slot: int) -> bytes:
+    """The metadata hash for hash slot `slot` (its {tag} maps to that same slot)."""
+    from replication.slots import slot_tag
+
+    return _META_PREFIX + slot_tag(slot) + b"}"
+
+
+REGION_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+
+
+def is_valid_region_name(name: str) -> bool:
+    """Region names are short lowercase ASCII: they are compared bytewise everywhere."""
+    import re
+
+    return re.fullmatch(REGION_NAME_PATTERN, name) is not None

@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from devcluster import KafkaBroker, RedisServer
+from replication.library import library_source
 from tests.servers import RedisFactory, stop_all, track
 
 
@@ -52,6 +54,22 @@ def redis_server(redis_factory: RedisFactory) -> RedisServer:
 def three_regions(redis_factory: RedisFactory) -> dict[str, RedisServer]:
     """Three real redis-servers, one per region."""
     return {name: redis_factory.start(name) for name in ("eu-west", "us-east", "ap-south")}
+
+
+@pytest.fixture(scope="module")
+def library_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """A sync client to a real redis-server (one per test module) with our Lua library
+    loaded; for tests that call the library's functions many times (property tests)."""
+    server = RedisServer("library", tmp_path_factory.mktemp("library"))
+    track(server)
+    server.start()
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    client.function_load(library_source()[0], replace=True)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
 
 
 def _servers_of(item: pytest.Item) -> list[object]:

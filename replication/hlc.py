@@ -1,0 +1,82 @@
+"""Hybrid logical clock: wall-clock milliseconds plus a logical counter, never going back.
+
+A timestamp is one integer: (ms since 2025-01-01 UTC) << 12 | logical. It stays below 2**53
+until the 2090s so Redis's Lua (whose numbers are doubles) handles it exactly; the scripts
+compare and store these timestamps. 12 logical bits allow 4096 ticks per millisecond; beyond
+that the clock borrows the next millisecond (and stays monotonic).
+
+Skew: on receiving a remote timestamp the clock moves past it (the HLC rule), unless it lies
+more than `max_drift_ms` ahead of our wall clock: then we move only to wall + max_drift and
+count the skew, so one region with a clock set in the future cannot drag every region's
+timestamps with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+LOGICAL_BITS = 12
+LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
+MAX_TIMESTAMP = (1 << 53) - 1
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def pack(physical_ms: int, logical: int = 0) -> int:
+    """Timestamp from a wall-clock ms value (Unix epoch) and a logical counter."""
+    return ((physical_ms - EPOCH_MS) << LOGICAL_BITS) | logical
+
+
+def physical_ms(ts: int) -> int:
+    """The wall-clock part of a timestamp, as Unix epoch milliseconds."""
+    return (ts >> LOGICAL_BITS) + EPOCH_MS
+
+
+def logical(ts: int) -> int:
+    return ts & LOGICAL_MASK
+
+
+class HybridClock:
+    """A monotonic hybrid logical clock for one region's daemon.
+
+    `floor` is a timestamp the clock must stay above (e.g. a persisted high-water mark, so a
+    restarted daemon never reuses a timestamp even if the wall clock went back).
+    """
+
+    def __init__(
+        self,
+        *,
+        wall: Callable[[], int] = wall_ms,
+        max_drift_ms: int = 60_000,
+        floor: int = 0,
+    ) -> None:
+        self._wall = wall
+        self.max_drift_ms = max_drift_ms
+        self._last = floor
+        self.skew_events = 0
+
+    @property
+    def last(self) -> int:
+        """The latest timestamp handed out or observed."""
+        return self._last
+
+    def now(self) -> int:
+        """A new timestamp for a local event: greater than every earlier one."""
+        candidate = pack(self._wall())
+        self._last = candidate if candidate > self._last else self._last + 1
+        return self._last
+
+    def observe(self, remote: int) -> int:
+        """Merge a remote timestamp (HLC receive rule): the result is above it and above
+        everything this clock handed out before."""
+        ceiling = pack(self._wall() + self.max_drift_ms, LOGICAL_MASK)
+        if remote > ceiling:
+            self.skew_events += 1
+            remote = ceiling
+        local_wall = pack(self._wall())
+        self._last = max(local_wall, remote + 1, self._last + 1)
+        return self._last

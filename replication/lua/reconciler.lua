@@ -1,0 +1,336 @@
+#!lua name=reconciler
+-- The daemon's Redis function library (FUNCTION LOAD). Every read-compare-write of a key
+-- and its metadata happens here, atomically. The Python mirrors (replication/digest.py,
+-- vclock.py, resolver.py) must agree with this file; tests check they do.
+--
+-- Metadata of a key, in the per-slot hash KEYS[2], field = the key, value = cmsgpack of
+--   { digest (16 raw bytes), origin region, expire_at ms (0 none), deleted (0/1),
+--     clock {region, ts, region, ts, ...} sorted bytewise by region }
+-- Strings are compared bytewise (never with Lua's `<`, which follows the server's locale).
+
+local LIB_VERSION = '__LIB_VERSION__'
+local LANE = 4294967296
+
+local function enc(s)
+  return string.format('%d', #s) .. ':' .. s
+end
+
+local function hex_to_raw(hex)
+  return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function sha16(s)
+  return hex_to_raw(string.sub(redis.sha1hex(s), 1, 32))
+end
+
+-- Library load time only sees a restricted environment (no string, no redis.sha1hex),
+-- so the constant is computed on first use.
+local TOMBSTONE_CACHE = nil
+local function tombstone()
+  if not TOMBSTONE_CACHE then TOMBSTONE_CACHE = sha16('reconciler:tombstone') end
+  return TOMBSTONE_CACHE
+end
+
+local function add_lanes(acc, hex)
+  acc[1] = (acc[1] + tonumber(string.sub(hex, 1, 8), 16)) % LANE
+  acc[2] = (acc[2] + tonumber(string.sub(hex, 9, 16), 16)) % LANE
+  acc[3] = (acc[3] + tonumber(string.sub(hex, 17, 24), 16)) % LANE
+  acc[4] = (acc[4] + tonumber(string.sub(hex, 25, 32), 16)) % LANE
+end
+
+local function finish(tag, body, exp)
+  return sha16(tag .. body .. 'x' .. string.format('%d', exp))
+end
+
+local function fmt_score(s)
+  local n = tonumber(s)
+  if n == 0 then n = 0 end -- -0 and 0 are one score
+  return string.format('%.17g', n)
+end
+
+-- Canonical digest of a value given as Redis returns it (see replication/digest.py).
+local function digest(kind, v, exp)
+  if kind == 'none' then return tombstone() end
+  if kind == 'string' then return finish('s', enc(v), exp) end
+  if kind == 'list' then
+    local parts = { string.format('%d', #v), ':' }
+    for i = 1, #v do parts[#parts + 1] = enc(v[i]) end
+    return finish('l', table.concat(parts), exp)
+  end
+  local acc = { 0, 0, 0, 0 }
+  local n, tag = 0, nil
+  if kind == 'hash' then
+    tag = 'h'
+    for i = 1, #v, 2 do add_lanes(acc, redis.sha1hex(enc(v[i]) .. enc(v[i + 1]))); n = n + 1 end
+  elseif kind == 'set' then
+    tag = 't'
+    for i = 1, #v do add_lanes(acc, redis.sha1hex(enc(v[i]))); n = n + 1 end
+  elseif kind == 'zset' then
+    tag = 'z'
+    for i = 1, #v, 2 do
+      add_lanes(acc, redis.sha1hex(enc(v[i]) .. enc(fmt_score(v[i + 1])))); n = n + 1
+    end
+  else
+    return nil
+  end
+  local lanes = string.format('%08x%08x%08x%08x', acc[1], acc[2], acc[3], acc[4])
+  return finish(tag, string.format('%d', n) .. ':' .. lanes, exp)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The key's current state: kind, value (string or flat table), absolute expiry ms (0 none).
+local function read_state(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return 'none', false, 0 end
+  local exp = redis.call('PEXPIRETIME', key)
+  if exp < 0 then exp = 0 end
+  if kind == 'string' then return kind, redis.call('GET', key), exp end
+  if kind == 'hash' then return kind, redis.call('HGETALL', key), exp end
+  if kind == 'list' then return kind, redis.call('LRANGE', key, 0, -1), exp end
+  if kind == 'set' then return kind, redis.call('SMEMBERS', key), exp end
+  if kind == 'zset' then return kind, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), exp end
+  return kind, false, exp
+end
+
+local function bytes_lt(a, b)
+  local la, lb = #a, #b
+  local n = la < lb and la or lb
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return la < lb
+end
+
+local function clock_map(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m
+end
+
+local function clock_flat(m)
+  local regions = {}
+  for r, c in pairs(m) do if c > 0 then regions[#regions + 1] = r end end
+  table.sort(regions, bytes_lt)
+  local flat = {}
+  for _, r in ipairs(regions) do flat[#flat + 1] = r; flat[#flat + 1] = m[r] end
+  return flat
+end
+
+-- How clock a relates to clock b, ignoring retired regions.
+local function clock_compare(a, b, retired)
+  local greater, lesser = false, false
+  for r, ca in pairs(a) do
+    if not retired[r] then
+      local cb = b[r] or 0
+      if ca > cb then greater = true elseif ca < cb then lesser = true end
+    end
+  end
+  for r, cb in pairs(b) do
+    if a[r] == nil and not retired[r] and cb > 0 then lesser = true end
+  end
+  if greater and lesser then return 'concurrent' end
+  if greater then return 'after' end
+  if lesser then return 'before' end
+  return 'equal'
+end
+
+local function clock_merge(a, b)
+  local m = {}
+  for r, c in pairs(a) do m[r] = c end
+  for r, c in pairs(b) do if c > (m[r] or 0) then m[r] = c end end
+  return m
+end
+
+-- A new write by region: its entry goes above every entry of the clock it builds on, so
+-- a write that causally follows another always has the larger timestamp as well (the
+-- conflict rule then never contradicts causality, even under clock skew).
+local function clock_tick(m, region, tick)
+  local top = 0
+  for _, c in pairs(m) do if c > top then top = c end end
+  m[region] = math.max(top + 1, tick)
+  return m
+end
+
+local function parse_retired(csv)
+  local set = {}
+  for r in string.gmatch(csv, '[^,]+') do set[r] = true end
+  return set
+end
+
+local function pack_meta(dig, origin, exp, deleted, clock)
+  return cmsgpack.pack({ dig, origin, exp, deleted, clock_flat(clock) })
+end
+
+local function expired(meta, now)
+  return meta[3] > 0 and meta[3] <= now
+end
+
+-- Redis commands take at most a few thousand arguments from Lua's unpack(): write in chunks.
+local CHUNK = 1000
+local function call_chunked(cmd, key, items, pair_swap)
+  local i = 1
+  while i <= #items do
+    local args = {}
+    local last = math.min(i + CHUNK - 1, #items)
+    if pair_swap then
+      for j = i, last, 2 do args[#args + 1] = items[j + 1]; args[#args + 1] = items[j] end
+    else
+      for j = i, last do args[#args + 1] = items[j] end
+    end
+    redis.call(cmd, key, unpack(args))
+    i = last + 1
+  end
+end
+
+local function write_state(key, kind, values, exp, now)
+  redis.call('DEL', key)
+  if kind == 'none' or (exp > 0 and exp <= now) then return end
+  if kind == 'string' then redis.call('SET', key, values[1])
+  elseif kind == 'hash' then call_chunked('HSET', key, values, false)
+  elseif kind == 'list' then call_chunked('RPUSH', key, values, false)
+  elseif kind == 'set' then call_chunked('SADD', key, values, false)
+  elseif kind == 'zset' then call_chunked('ZADD', key, values, true)
+  end
+  if exp > 0 then redis.call('PEXPIREAT', key, exp) end
+end
+
+local function state_reply(code, kind, value, exp, dig, clock_flat_t, origin, old_digest)
+  if kind == 'string' or kind == 'none' then value = { value or '' } end
+  return { code, kind, value, exp, dig, clock_flat_t, origin, old_digest }
+end
+
+-- rr_version(KEYS: key, metahash; ARGV: region, tick, replay 0/1)
+-- Versions a local write: if the key's value no longer matches its metadata, this region's
+-- clock entry is bumped to tick and the new metadata stored; the state is returned to ship.
+-- Replies: {0} nothing to ship (an echo of an apply, a no-op, an expiry);
+--          {1, kind, value, exp, digest, clock, origin, old_digest} a new local version;
+--          {2, ...same} in replay, a version of ours that may not have been shipped yet;
+--          {3, kind} a type we do not replicate.
+local function rr_version(keys, args)
+  local key, mkey = keys[1], keys[2]
+  local region, tick, replay = args[1], tonumber(args[2]), args[3] == '1'
+  local raw = redis.call('HGET', mkey, key)
+  local meta = raw and cmsgpack.unpack(raw) or nil
+  local kind, value, exp = read_state(key)
+  local old = (meta and meta[4] == 0) and meta[1] or ''
+  if kind == 'none' then
+    if not meta then return { 0 } end
+    if meta[4] == 1 then
+      if replay and meta[2] == region then
+        return state_reply(2, 'none', false, 0, tombstone(), meta[5], region, old)
+      end
+      return { 0 }
+    end
+    if expired(meta, now_ms()) then return { 0 } end
+    local clock = clock_tick(clock_map(meta[5]), region, tick)
+    redis.call('HSET', mkey, key, pack_meta(tombstone(), region, 0, 1, clock))
+    return state_reply(1, 'none', false, 0, tombstone(), clock_flat(clock), region, old)
+  end
+  local dig = digest(kind, value, exp)
+  if not dig then return { 3, kind } end
+  if meta and meta[4] == 0 and meta[1] == dig then
+    if replay and meta[2] == region then
+      return state_reply(2, kind, value, exp, dig, meta[5], region, old)
+    end
+    return { 0 }
+  end
+  local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, tick)
+  redis.call('HSET', mkey, key, pack_meta(dig, region, exp, 0, clock))
+  return state_reply(1, kind, value, exp, dig, clock_flat(clock), region, old)
+end
+
+-- rr_apply(KEYS: key, metahash; ARGV: local region, retired csv, kind, exp, digest, origin,
+--          packed clock, value...)
+-- Applies a remote version if the clocks say so (conflicts by last-writer-wins on the
+-- origin's hybrid timestamp, then region name, then digest, all bytewise), value, expiry
+-- and metadata together. Refuses ('deferred') while the key holds a local write that was
+-- not versioned yet, so that write is never overwritten unseen.
+-- Replies: {outcome, old_digest, old_meta_raw} with outcome one of applied, stale,
+--          conflict-remote-won, conflict-local-won, deferred, bad-digest.
+local function rr_apply(keys, args)
+  local key, mkey = keys[1], keys[2]
+  local retired = parse_retired(args[2])
+  local kind, exp, dig, origin = args[3], tonumber(args[4]), args[5], args[6]
+  local rflat = cmsgpack.unpack(args[7])
+  local values = {}
+  for i = 8, #args do values[#values + 1] = args[i] end
+  local expect
+  if kind == 'string' then expect = digest(kind, values[1] or '', exp)
+  else expect = digest(kind, values, exp) end
+  if expect ~= dig then return { 'bad-digest', '', '' } end
+
+  local now = now_ms()
+  local raw = redis.call('HGET', mkey, key)
+  local meta = raw and cmsgpack.unpack(raw) or nil
+  local old = (meta and meta[4] == 0) and meta[1] or ''
+  if redis.call('EXISTS', key) == 1 then
+    if not meta or meta[4] == 1 then return { 'deferred', old, raw or '' } end
+    local ck, cv, ce = read_state(key)
+    if digest(ck, cv, ce) ~= meta[1] then return { 'deferred', old, raw or '' } end
+  elseif meta and meta[4] == 0 and not expired(meta, now) then
+    return { 'deferred', old, raw or '' }
+  end
+
+  local rclock = clock_map(rflat)
+  local lclock = meta and clock_map(meta[5]) or {}
+  local order = clock_compare(rclock, lclock, retired)
+  if order == 'before' or order == 'equal' then return { 'stale', old, raw or '' } end
+  local outcome, clock = 'applied', rclock
+  if order == 'concurrent' then
+    clock = clock_merge(rclock, lclock)
+    local lorigin = meta[2]
+    local lts, rts = lclock[lorigin] or 0, rclock[origin] or 0
+    local remote_wins
+    if rts ~= lts then remote_wins = rts > lts
+    elseif lorigin ~= origin then remote_wins = bytes_lt(lorigin, origin)
+    else remote_wins = bytes_lt(meta[1], dig) end
+    if not remote_wins then
+      redis.call('HSET', mkey, key, pack_meta(meta[1], meta[2], meta[3], meta[4], clock))
+      return { 'conflict-local-won', old, raw }
+    end
+    outcome = 'conflict-remote-won'
+  end
+  write_state(key, kind, values, exp, now)
+  local deleted = kind == 'none' and 1 or 0
+  redis.call('HSET', mkey, key, pack_meta(dig, origin, exp, deleted, clock))
+  return { outcome, old, raw or '' }
+end
+
+-- rr_read(KEYS: key1, metahash1, key2, metahash2, ...): for each key its current state,
+-- the digest of that state and its raw metadata (for repair, resync and verify).
+-- Reply per key: {kind, value, exp, digest, meta_raw}.
+local function rr_read(keys, args)
+  local out = {}
+  for i = 1, #keys, 2 do
+    local kind, value, exp = read_state(keys[i])
+    local dig = digest(kind, value, exp) or ''
+    if kind == 'string' or kind == 'none' then value = { value or '' } end
+    local raw = redis.call('HGET', keys[i + 1], keys[i])
+    out[#out + 1] = { kind, value, exp, dig, raw or '' }
+  end
+  return out
+end
+
+-- rr_digest(ARGV: kind, exp, value...): the canonical digest of a value given as arguments
+-- (used by tests to check the Python mirror agrees).
+local function rr_digest(keys, args)
+  local values = {}
+  for i = 3, #args do values[#values + 1] = args[i] end
+  if args[1] == 'string' then return digest('string', values[1] or '', tonumber(args[2])) end
+  return digest(args[1], values, tonumber(args[2]))
+end
+
+redis.register_function('rr_version', rr_version)
+redis.register_function('rr_apply', rr_apply)
+redis.register_function{ function_name = 'rr_read', callback = rr_read, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'rr_digest', callback = rr_digest, flags = { 'no-writes' } }
+redis.register_function{
+  function_name = 'rr_lib_version',
+  callback = function() return LIB_VERSION end,
+  flags = { 'no-writes' },
+}

@@ -1,0 +1,157 @@
+"""A lean asyncio Redis connection for the hot paths (versioning, applying, scanning).
+
+Commands are packed with `hiredis.pack_command` and replies parsed with `hiredis.Reader`,
+many per round trip. Building redis-py command objects costs more than Redis executing a
+short script, so the write path talks RESP directly; everything else uses redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import hiredis
+
+from replication.errors import ReconcilerError
+
+Command = Sequence[bytes | str | int | float]
+
+
+class RedisUnavailableError(ReconcilerError):
+    """The region's Redis cannot be reached or dropped the connection."""
+
+    retriable = True
+
+
+class RedisCommandError(ReconcilerError):
+    """Redis answered a command with an error."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where and as whom to connect. `password` is a secret: never shown in repr."""
+
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, password: str | None = None) -> RedisAddress:
+        """Parse redis://[user[:password]@]host[:port][/db]; an explicit password wins."""
+        parsed = urlparse(url)
+        if parsed.scheme != "redis":
+            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (want redis://)")
+        db_text = parsed.path.lstrip("/")
+        return cls(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 6379,
+            db=int(db_text) if db_text else 0,
+            username=unquote(parsed.username) if parsed.username else None,
+            password=password or (unquote(parsed.password) if parsed.password else None),
+        )
+
+    def __str__(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+class RespConnection:
+    """One connection; `pipeline` sends many commands and reads all replies at once.
+
+    Use from one task at a time per connection (an internal lock enforces it).
+    """
+
+    def __init__(
+        self, address: RedisAddress, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.address = address
+        self._reader = reader
+        self._writer = writer
+        self._parser = hiredis.Reader()
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, address: RedisAddress, *, timeout_s: float = 5.0) -> RespConnection:
+        """Connect, authenticate and select the database."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(address.host, address.port)
+        except (OSError, TimeoutError) as exc:
+            raise RedisUnavailableError(f"cannot connect to {address}: {exc}") from exc
+        conn = cls(address, reader, writer)
+        try:
+            setup: list[Command] = []
+            if address.password is not None:
+                auth: list[str] = ["AUTH"]
+                if address.username:
+                    auth.append(address.username)
+                setup.append([*auth, address.password])
+            if address.db:
+                setup.append(["SELECT", address.db])
+            if setup:
+                for reply in await conn.pipeline(setup):
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise RedisCommandError(f"{address}: setup refused: {reply}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send all commands, return all replies in order (errors as hiredis.ReplyError)."""
+        if not commands:
+            return []
+        # hiredis's stub types pack_command as a 1-tuple; it takes any length.
+        payload = b"".join(hiredis.pack_command(tuple(cmd)) for cmd in commands)  # type: ignore[arg-type]
+        async with self._lock:
+            if self.closed:
+                raise RedisUnavailableError(f"connection to {self.address} is closed")
+            try:
+                self._writer.write(payload)
+                replies: list[Any] = []
+                want = len(commands)
+                while len(replies) < want:
+                    reply = self._parser.gets()
+                    if reply is False:
+                        data = await self._reader.read(1 << 16)
+                        if not data:
+                            raise RedisUnavailableError(f"{self.address} closed the connection")
+                        self._parser.feed(data)
+                        continue
+                    replies.append(reply)
+                return replies
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                await self._abort()
+                raise RedisUnavailableError(f"connection to {self.address} lost: {exc}") from exc
+            except BaseException:
+                # Cancelled mid-pipeline: the stream is out of step with the replies.
+                await self._abort()
+                raise
+
+    async def execute(self, *command: bytes | str | int | float) -> Any:
+        """One command; raises RedisCommandError if Redis answers an error."""
+        (reply,) = await self.pipeline([command])
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisCommandError(f"{command[0]!r} failed: {reply}")
+        return reply
+
+    async def _abort(self) -> None:
+        self.closed = True
+        self._writer.close()
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        if self.closed and self._writer.is_closing():
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._writer.wait_closed()
+            return
+        self.closed = True
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
