@@ -6,6 +6,8 @@ captured as changes, never replicated as data and never shown in reports as user
 
 from __future__ import annotations
 
+import re
+
 INTERNAL_PREFIX = b"__rr:"
 
 # Per-region daemon status, read by the failover client before failing back (a hash;
@@ -55,10 +57,21 @@ def meta_key(slot: int) -> bytes:
 
 
 REGION_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+_REGION_RE = re.compile(REGION_NAME_PATTERN)
+_KNOWN_GOOD: set[str] = set()
 
 
-def is_valid_region_name(name: str) -> bool:
-    """Region names are short lowercase ASCII: they are compared bytewise everywhere."""
-    import re
+def is_valid_region_name(name: object) -> bool:
+    """Region names are short lowercase ASCII: they are compared bytewise everywhere.
 
-    return re.fullmatch(REGION_NAME_PATTERN, name) is not None
+    Memoised (bounded): the decoder asks this for every clock entry of every event.
+    """
+    if type(name) is not str:
+        return False
+    if name in _KNOWN_GOOD:
+        return True
+    if _REGION_RE.fullmatch(name) is None:
+        return False
+    if len(_KNOWN_GOOD) < 1024:
+        _KNOWN_GOOD.add(name)
+    return True

@@ -36,6 +36,13 @@ class VectorClock(Mapping[str, int]):
         items = entries.items() if isinstance(entries, Mapping) else entries
         self._entries: dict[str, int] = {r: c for r, c in items if c > 0}
 
+    @classmethod
+    def _trusted(cls, entries: dict[str, int]) -> VectorClock:
+        """Wrap an already validated dict of positive entries (decoder fast path)."""
+        clock = cls.__new__(cls)
+        clock._entries = entries
+        return clock
+
     # Mapping protocol
     def __getitem__(self, region: str) -> int:
         return self._entries[region]

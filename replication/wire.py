@@ -114,22 +114,17 @@ def decode_batch(data: bytes, *, max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> Ev
     return EventBatch(source, [_decode_event(i, e) for i, e in enumerate(events)])
 
 
-def _int(value: object, what: str, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise DecodeError(f"{what} must be an integer in [{low}, {high}]")
-    return value
-
-
-def _blob_list(value: object, what: str) -> list[bytes]:
+def _blob_list(value: object, where: _Where, label: str) -> list[bytes]:
     if not isinstance(value, list) or not value:
-        raise DecodeError(f"{what} must be a non-empty array")
+        raise DecodeError(f"{where}: {label} must be a non-empty array")
     for item in value:
         if type(item) is not bytes:
-            raise DecodeError(f"{what} items must be binary strings")
+            raise DecodeError(f"{where}: {label} items must be binary strings")
     return value
 
 
-def _decode_value(kind: Kind, value: object, where: str) -> Value:
+def _decode_value(kind: Kind, value: object, index: int) -> Value:
+    where = _Where(index)
     if kind is Kind.NONE:
         if value is not None:
             raise DecodeError(f"{where}: a delete carries no value")
@@ -139,15 +134,15 @@ def _decode_value(kind: Kind, value: object, where: str) -> Value:
             raise DecodeError(f"{where}: string value must be binary")
         return value
     if kind is Kind.LIST:
-        return _blob_list(value, f"{where}: list value")
+        return _blob_list(value, where, "list value")
     if kind is Kind.SET:
-        members = _blob_list(value, f"{where}: set value")
+        members = _blob_list(value, where, "set value")
         unique = set(members)
         if len(unique) != len(members):
             raise DecodeError(f"{where}: set value repeats a member")
         return unique
     if kind is Kind.HASH:
-        flat = _blob_list(value, f"{where}: hash value")
+        flat = _blob_list(value, where, "hash value")
         if len(flat) % 2:
             raise DecodeError(f"{where}: hash value must be field/value pairs")
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -167,34 +162,61 @@ def _decode_value(kind: Kind, value: object, where: str) -> Value:
     return scores
 
 
+_KINDS = {int(kind): kind for kind in Kind}
+
+
+class _Where:
+    """ "event N", formatted only when an error message needs it (decoding is hot)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __str__(self) -> str:
+        return f"event {self.index}"
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+
+def _decode_clock(raw: object, where: _Where) -> VectorClock:
+    if not isinstance(raw, list) or not raw or len(raw) % 2:
+        raise DecodeError(f"{where}: clock must be a non-empty array of region/ts pairs")
+    entries: dict[str, int] = {}
+    for i in range(0, len(raw), 2):
+        region, ts = raw[i], raw[i + 1]
+        if not is_valid_region_name(region):
+            raise DecodeError(f"{where}: clock region {region!r} is not a valid region name")
+        if type(ts) is not int or not 0 < ts <= MAX_TIMESTAMP:
+            raise DecodeError(f"{where}: clock entry for {region} must be in [1, 2**53)")
+        entries[region] = ts
+    if len(entries) * 2 != len(raw):
+        raise DecodeError(f"{where}: clock repeats a region")
+    return VectorClock._trusted(entries)
+
+
 def _decode_event(index: int, raw: object) -> ChangeEvent:
-    where = f"event {index}"
-    if not isinstance(raw, list) or len(raw) != 8:
-        raise DecodeError(f"{where}: must be an 8-item array")
-    db_raw, key, kind_raw, value_raw, expire_raw, clock_raw, origin, digest = raw
-    db = _int(db_raw, f"{where}: db", 0, MAX_DB)
+    if type(raw) is not list or len(raw) != 8:
+        raise DecodeError(f"event {index}: must be an 8-item array")
+    db, key, kind_raw, value_raw, expire_at, clock_raw, origin, digest = raw
+    where = _Where(index)
+    if type(db) is not int or not 0 <= db <= MAX_DB:
+        raise DecodeError(f"{where}: db must be an integer in [0, {MAX_DB}]")
     if type(key) is not bytes or not key:
         raise DecodeError(f"{where}: key must be a non-empty binary string")
     if is_internal(key):
         raise DecodeError(f"{where}: key is in the reserved internal namespace")
-    try:
-        kind = Kind(_int(kind_raw, f"{where}: kind", 0, 255))
-    except ValueError:
-        raise DecodeError(f"{where}: unknown value kind {kind_raw}") from None
-    value = _decode_value(kind, value_raw, where)
-    expire_at = _int(expire_raw, f"{where}: expire_at_ms", 0, MAX_TIMESTAMP)
+    kind = _KINDS.get(kind_raw) if type(kind_raw) is int else None
+    if kind is None:
+        raise DecodeError(f"{where}: unknown value kind {kind_raw!r}")
+    value = _decode_value(kind, value_raw, index)
+    if type(expire_at) is not int or not 0 <= expire_at <= MAX_TIMESTAMP:
+        raise DecodeError(f"{where}: expire_at_ms must be an integer in [0, 2**53)")
     if kind is Kind.NONE and expire_at:
         raise DecodeError(f"{where}: a delete has no expiry")
-    if not isinstance(clock_raw, list) or not clock_raw:
-        raise DecodeError(f"{where}: clock must be a non-empty array")
-    try:
-        clock = VectorClock.from_flat(clock_raw)
-    except (ValueError, TypeError) as exc:
-        raise DecodeError(f"{where}: bad clock: {exc}") from None
-    for region in clock:
-        if not is_valid_region_name(region) or clock[region] > MAX_TIMESTAMP:
-            raise DecodeError(f"{where}: bad clock entry for {region!r}")
-    if not isinstance(origin, str) or not is_valid_region_name(origin):
+    clock = _decode_clock(clock_raw, where)
+    if not is_valid_region_name(origin):
         raise DecodeError(f"{where}: origin is not a valid region name")
     if clock.get_count(origin) == 0:
         raise DecodeError(f"{where}: the clock has no entry for its origin {origin!r}")
