@@ -217,8 +217,8 @@ def from_mapping(
                 located=True,
             )
         if key not in accepted:
-            hint = difflib.get_close_matches(key, sorted(accepted), n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            hint = _suggest(key, accepted)
+            suggestion = f" (did you mean '{hint}'?)" if hint else ""
             raise ConfigError(f"{where}unknown key '{key}'{suggestion}", located=True)
 
     kwargs: dict[str, Any] = {}
@@ -247,6 +247,18 @@ def from_mapping(
         if exc.located:
             raise
         raise ConfigError(f"{where}{exc.problem}", located=True) from exc
+
+
+def _suggest(key: str, accepted: set[str]) -> str | None:
+    """The accepted key `key` was probably meant to be, matching whole names and their
+    tails too (``treshold`` -> ``error_rate_threshold``)."""
+    aliases: dict[str, str] = {}
+    for name in sorted(accepted):
+        parts = name.split("_")
+        for start in range(len(parts)):
+            aliases.setdefault("_".join(parts[start:]), name)
+    match = difflib.get_close_matches(key, list(aliases), n=1, cutoff=0.75)
+    return aliases[match[0]] if match else None
 
 
 def _where(source: str, table: str) -> str:
