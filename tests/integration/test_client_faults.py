@@ -1,0 +1,180 @@
+"""Intermittent network faults (through the TCP proxy): below the threshold nothing moves,
+above it traffic moves once and does not flap, and lost replies never double a write."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+import redis
+from redis.exceptions import RedisError
+
+from devcluster import RedisServer
+from reconciler.client import (
+    AsyncFailoverClient,
+    CommandOutcomeUnknownError,
+    FailoverClient,
+    NoHealthyRegionError,
+    PolicyConfig,
+)
+from tests.integration.test_client_failover import (
+    HOME,
+    POLICY,
+    SECOND,
+    SLACK_S,
+    THREADS,
+    CountedIncrs,
+    DaemonStub,
+    ThreadLoad,
+    await_for,
+    config_for,
+    total_across,
+    wait_for,
+)
+from tests.tcpproxy import Fault, TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+def urls_via_proxy(regions: dict[str, RedisServer], proxy: TcpProxy) -> dict[str, str]:
+    urls = {name: server.url for name, server in regions.items()}
+    urls[HOME] = proxy.url
+    return urls
+
+
+@pytest.mark.timeout(60)
+def test_an_intermittent_fault_below_the_threshold_never_fails_over(
+    three_regions: dict[str, RedisServer],
+) -> None:
+    with TcpProxy(three_regions[HOME].port, seed=3) as proxy:
+        config = config_for(urls_via_proxy(three_regions, proxy))
+        with FailoverClient(config) as client, ThreadLoad(client) as load:
+            wait_for(lambda: load.ok > 300, timeout_s=20, what="traffic")
+            proxy.set_fault(Fault.drop_requests(0.05))
+            # Three windows of a 5% loss (the threshold is 50%): traffic must stay home.
+            deadline = time.monotonic() + 3 * POLICY.window_s
+            while time.monotonic() < deadline:
+                assert client.active_region == HOME
+                time.sleep(0.02)
+            proxy.set_fault(Fault.none())
+        home = client.router.snapshot().regions[0]
+    assert proxy.stats.dropped > 0
+    assert home.stats.failures_total > 0, "the fault never reached the client"
+    assert client.router.failovers == 0
+    # Reads and SETs that met a reset were resent to another region; only in-flight INCRs
+    # can have failed, and only with an honest "outcome unknown".
+    assert all(isinstance(e, CommandOutcomeUnknownError) for e in load.errors())
+
+
+@pytest.mark.timeout(90)
+async def test_a_fault_above_the_threshold_fails_over_once_and_never_flaps(
+    three_regions: dict[str, RedisServer],
+) -> None:
+    servers = list(three_regions.values())
+    counts = [CountedIncrs() for _ in range(THREADS)]
+    stop = asyncio.Event()
+
+    async def worker(n: int, client: AsyncFailoverClient) -> None:
+        deadline = time.monotonic() + 60
+        for i in itertools.count():
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                if i % 2:
+                    await client.get(f"k:{n}")
+                else:
+                    await client.incr(f"counter:{n}")
+                    counts[n].acked += 1
+            except CommandOutcomeUnknownError:
+                counts[n].unknown += 1
+            except NoHealthyRegionError:
+                counts[n].not_applied += 1
+            except RedisError as exc:
+                counts[n].other.append(exc)
+
+    with (
+        TcpProxy(three_regions[HOME].port, seed=5) as proxy,
+        DaemonStub(three_regions[HOME].url, HOME) as daemon,
+    ):
+        # The daemon keeps saying "consistent" throughout: only the network decides here.
+        await asyncio.to_thread(daemon.set, "consistent")
+        # A 50% loss is above a 30% threshold, and lets about half the probes through: the
+        # failback rule (every probe answered for 2 s) is what keeps traffic from flapping.
+        policy = PolicyConfig(
+            **{**POLICY.__dict__, "error_rate_threshold": 0.3, "failback_healthy_s": 2.0}
+        )
+        config = config_for(urls_via_proxy(three_regions, proxy), policy)
+        async with AsyncFailoverClient(config) as client, asyncio.TaskGroup() as group:
+            for n in range(THREADS):
+                group.create_task(worker(n, client))
+            try:
+                await await_for(lambda: sum(c.acked for c in counts) > 300, timeout_s=20,
+                                what="traffic")  # fmt: skip
+                proxy.set_fault(Fault.drop_requests(0.5))
+                await await_for(lambda: client.active_region == SECOND,
+                                timeout_s=policy.window_s + SLACK_S, what="failover")  # fmt: skip
+                # Some probes get through, not every one: for three healthy-times, no way back.
+                until = time.monotonic() + 3 * policy.failback_healthy_s
+                while time.monotonic() < until:
+                    assert client.active_region == SECOND, client.router.snapshot().events
+                    await asyncio.sleep(0.02)
+                assert client.router.snapshot().regions[0].probes_ok > 0, "no probe got through"
+                proxy.set_fault(Fault.none())
+                await await_for(lambda: client.active_region == HOME,
+                                timeout_s=policy.failback_healthy_s + SLACK_S,
+                                what="failback once the fault is gone")  # fmt: skip
+                acked = sum(c.acked for c in counts)
+                await await_for(lambda: sum(c.acked for c in counts) > acked + 100, timeout_s=20,
+                                what="traffic after failback")  # fmt: skip
+            finally:
+                stop.set()
+        snap = client.router.snapshot()
+    assert (snap.failovers, snap.failbacks) == (1, 1), snap.events
+    for n, c in enumerate(counts):
+        assert c.other == []
+        applied = await asyncio.to_thread(total_across, servers, f"counter:{n}")
+        assert c.acked <= applied <= c.acked + c.unknown, (n, c, applied)
+
+
+@pytest.mark.timeout(60)
+def test_a_region_that_stops_answering_times_out_and_reads_move_on(
+    three_regions: dict[str, RedisServer],
+) -> None:
+    with TcpProxy(three_regions[HOME].port) as proxy:
+        policy = PolicyConfig(**{**POLICY.__dict__, "command_timeout_s": 0.2, "min_requests": 5})
+        config = config_for(urls_via_proxy(three_regions, proxy), policy)
+        with FailoverClient(config) as client:
+            client.set("k", "v")  # lands on the home region
+            with redis.Redis.from_url(three_regions[SECOND].url) as second:
+                second.set("k", "v-second")
+            proxy.set_fault(Fault.blackhole())
+            # Every read still answers: the timed-out attempt is resent to us-east.
+            for _ in range(10):
+                assert client.get("k") == b"v-second"
+            wait_for(lambda: client.active_region == SECOND, timeout_s=1, what="failover")
+            region = client.router.snapshot().regions[0]
+            failures = region.stats.failures_total
+            assert failures >= policy.min_requests * policy.error_rate_threshold
+            proxy.set_fault(Fault.none())
+    assert client.router.failovers == 1
+
+
+def test_a_timed_out_incr_is_reported_unknown_and_never_resent(
+    three_regions: dict[str, RedisServer],
+) -> None:
+    with TcpProxy(three_regions[HOME].port) as proxy:
+        policy = PolicyConfig(**{**POLICY.__dict__, "command_timeout_s": 0.3})
+        config = config_for(urls_via_proxy(three_regions, proxy), policy)
+        with FailoverClient(config) as client:
+            client.ping()
+            proxy.set_fault(Fault.delay(600))  # the server gets it, the reply comes too late
+            with pytest.raises(CommandOutcomeUnknownError) as info:
+                client.incr("once")
+            assert info.value.region == HOME
+            assert isinstance(info.value, redis.exceptions.TimeoutError)  # drop-in handlers
+            proxy.set_fault(Fault.none())
+            wait_for(lambda: total_across(list(three_regions.values()), "once") == 1,
+                     timeout_s=5, what="the delayed INCR to land")  # fmt: skip
+    assert total_across(list(three_regions.values()), "once") == 1
