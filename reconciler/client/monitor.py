@@ -178,7 +178,7 @@ def _now_ms() -> int:
 async def _follow(
     kafka: KafkaConfig, args: argparse.Namespace, table: ClientTable, out: TextIO
 ) -> int:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
     topic = clients_topic(kafka.topic_prefix)
@@ -198,13 +198,15 @@ async def _follow(
               file=sys.stderr)  # fmt: skip
         return 1
     try:
-        await consumer.topics()  # refresh metadata so a fresh topic's partitions are known
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        if topic not in await consumer.topics():
             print(f"reconciler clients: topic {topic} does not exist", file=sys.stderr)
             return 1
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
+        # Without a group, subscribing assigns every partition of the topic.
+        consumer.subscribe([topic])
+        assigned = await _wait_for_assignment(consumer, table)
+        if not assigned:
+            print(f"reconciler clients: no partitions of {topic} were assigned", file=sys.stderr)
+            return 1
         since_ms = _now_ms() - int(args.lookback_s * 1000)
         starts = await consumer.offsets_for_times(dict.fromkeys(assigned, since_ms))
         for tp in assigned:
@@ -221,6 +223,16 @@ async def _follow(
         return 0
     finally:
         await consumer.stop()
+
+
+async def _wait_for_assignment(consumer: Any, table: ClientTable) -> list[Any]:
+    deadline = time.monotonic() + _CAUGHT_UP_TIMEOUT_S
+    while not consumer.assignment() and time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=100)
+        for records in batches.values():
+            for record in records:
+                table.apply_raw(record.value)
+    return sorted(consumer.assignment())
 
 
 async def _read_to_end(consumer: Any, assigned: list[Any], table: ClientTable) -> None:
