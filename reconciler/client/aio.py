@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reconciler.client.config import ClientConfig, load_client_config
-from reconciler.client.connections import new_client_id, region_kwargs
+from reconciler.client.connections import new_client_id, region_kwargs, status_url
 from reconciler.client.errors import (
     ClientClosedError,
     CommandOutcomeUnknownError,
@@ -45,6 +45,7 @@ from reconciler.status import RegionStatus, StatusRecordError, read_status
 __all__ = ["AsyncFailoverClient", "AsyncFailoverPipeline"]
 
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_STREAM_STOP_S = 15.0
 
 Command = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -151,7 +152,7 @@ class AsyncFailoverClient(  # type: ignore[misc]
                     index,
                     region.name,
                     aioredis.Redis.from_url(region.url, **kwargs),
-                    aioredis.Redis.from_url(region.url, **probe),
+                    aioredis.Redis.from_url(status_url(region.url, policy.status_db), **probe),
                 )
             )
         self.metrics = ClientMetrics(self.instance_id, self._router, metrics_registry)
@@ -237,7 +238,13 @@ class AsyncFailoverClient(  # type: ignore[misc]
                 await self._probe_task
         if self._stream_task is not None:
             self._streamer.request_stop()
-            await self._stream_task
+            # The streamer bounds its own final flush; this bounds a broker that hangs stop().
+            try:
+                await asyncio.wait_for(asyncio.shield(self._stream_task), _STREAM_STOP_S)
+            except TimeoutError:
+                self._stream_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._stream_task
         self.metrics.close()
         for region in self._regions:
             await region.aclose()

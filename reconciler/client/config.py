@@ -74,6 +74,8 @@ class PolicyConfig:
     """A failed region must answer every probe for this long before traffic returns."""
     require_consistent_status: bool = True
     """Also require the region's daemon to report it ``consistent`` before traffic returns."""
+    status_db: int = setting(0, ge=0)
+    """The Redis database holding the daemon's status record (whatever db the URL names)."""
     retry_commands: tuple[str, ...] = setting(DEFAULT_RETRY_COMMANDS)
     """Commands that may be sent to another region when a reply was lost (idempotent)."""
 

@@ -12,6 +12,7 @@ import itertools
 import os
 import socket
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -19,7 +20,7 @@ from redis.retry import Retry
 from reconciler.client.config import PolicyConfig, RegionConfig
 from reconciler.configfile import ConfigError
 
-__all__ = ["PROBE_CONNECTIONS", "new_client_id", "region_kwargs"]
+__all__ = ["PROBE_CONNECTIONS", "new_client_id", "region_kwargs", "status_url"]
 
 # Settings the failover client owns; an application passing them would break its guarantees.
 _OWNED = frozenset(
@@ -49,6 +50,20 @@ _ids = itertools.count(1)
 def new_client_id(client_name: str) -> str:
     """``<client_name>@<host>:<pid>/<n>``: unique per client instance, readable in tables."""
     return f"{client_name}@{socket.gethostname()}:{os.getpid()}/{next(_ids)}"
+
+
+def status_url(url: str, db: int) -> str:
+    """`url` pointing at database `db`: where the region's daemon keeps its status record,
+    whichever database the application itself uses (a URL's db wins over keywords)."""
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "db"]
+    if parts.scheme == "unix":  # the path is the socket; the db goes in the query
+        path, query = parts.path, [*query, ("db", str(db))]
+    else:
+        path = f"/{db}"
+    # Built by hand: urlunsplit would drop the empty host of unix:///path.
+    encoded = urlencode(query)
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{encoded}" if encoded else "")
 
 
 def region_kwargs(

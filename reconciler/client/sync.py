@@ -30,7 +30,7 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reconciler.client.config import ClientConfig, load_client_config
-from reconciler.client.connections import new_client_id, region_kwargs
+from reconciler.client.connections import new_client_id, region_kwargs, status_url
 from reconciler.client.errors import (
     ClientClosedError,
     CommandOutcomeUnknownError,
@@ -226,7 +226,7 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
                     index,
                     region.name,
                     redis.Redis.from_url(region.url, **kwargs),
-                    redis.Redis.from_url(region.url, **probe),
+                    redis.Redis.from_url(status_url(region.url, policy.status_db), **probe),
                 )
             )
         self.metrics = ClientMetrics(self.instance_id, self._router, metrics_registry)

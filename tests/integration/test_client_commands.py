@@ -23,6 +23,8 @@ from tests.integration.test_client_failover import (
     HOME,
     POLICY,
     SECOND,
+    SLACK_S,
+    DaemonStub,
     config_for,
     total_across,
     wait_for,
@@ -262,3 +264,24 @@ def test_a_sync_client_with_a_dead_region_closes_promptly(
              what="probes of the dead region")  # fmt: skip
     client.close()
     assert client.router.snapshot().regions[0].probes_ok == 0
+
+
+def test_failback_reads_the_status_from_db_0_when_the_application_uses_another_db(
+    three_regions: dict[str, RedisServer],
+) -> None:
+    home = three_regions[HOME]
+    with TcpProxy(home.port) as proxy, DaemonStub(home.url, HOME) as daemon:
+        daemon.set("consistent")  # the daemon keeps its record in db 0
+        regions = {name: server.url.replace("/0", "/3") for name, server in three_regions.items()}
+        regions[HOME] = proxy.url.replace("/0", "/3")
+        with FailoverClient(config_for(regions)) as client:
+            proxy.set_fault(Fault.cut_off())
+            for i in range(POLICY.min_requests):
+                client.set(f"k{i}", i)
+            assert client.active_region == SECOND
+            proxy.set_fault(Fault.none())
+            wait_for(lambda: client.active_region == HOME,
+                     timeout_s=POLICY.failback_healthy_s + SLACK_S, what="failback")  # fmt: skip
+            client.set("back", 1)
+    with redis.Redis.from_url(home.url.replace("/0", "/3")) as db3:
+        assert db3.get("back") == b"1"

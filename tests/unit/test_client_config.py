@@ -138,3 +138,21 @@ def test_region_names_are_unique_and_at_least_one_region_is_required() -> None:
         ClientConfig(regions=(region, region))
     with pytest.raises(ConfigError, match="'regions'"):
         ClientConfig(regions=())
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://10.0.0.1:6379/3", "redis://10.0.0.1:6379/0"),
+        ("redis://10.0.0.1:6379", "redis://10.0.0.1:6379/0"),
+        ("rediss://user@h:6380/2?ssl_cert_reqs=none", "rediss://user@h:6380/0?ssl_cert_reqs=none"),
+        ("redis://h:1/5?db=5", "redis://h:1/0"),
+        ("unix:///run/redis.sock?db=4", "unix:///run/redis.sock?db=0"),
+    ],
+)
+def test_the_status_record_is_read_from_the_status_db_whatever_the_url_names(
+    url: str, expected: str
+) -> None:
+    from reconciler.client.connections import status_url
+
+    assert status_url(url, 0) == expected
