@@ -21,6 +21,9 @@ BASE_CONFIG: dict[str, str] = {
     "dbfilename": "dump.rdb",
     "logfile": "redis.log",
     "loglevel": "notice",
+    # The daemon's capture registers as a replica: a full sync must not wait 5 s (the
+    # default) for other replicas to join a diskless transfer.
+    "repl-diskless-sync-delay": "0",
 }
 
 

@@ -14,6 +14,20 @@ from importlib.metadata import version
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("reconciler.commands.run", "run the daemon for one region"),
+    "repair": (
+        "reconciler.commands.repair",
+        "run an anti-entropy session with a peer now (--dry-run: report only)",
+    ),
+    "verify": (
+        "reconciler.commands.verify",
+        "compare this region's data with a peer's; exit 1 when they differ",
+    ),
+    "resync": (
+        "reconciler.commands.resync",
+        "full resync: stream a peer's whole state into this region",
+    ),
+    "report": ("reconciler.commands.report", "list or show repair reports"),
     "clients": (
         "reconciler.client.monitor",
         "follow the failover clients' metrics stream: a live table of clients and regions",

@@ -4,8 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from replication.errors import ReconcilerError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,3 +42,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def retrying(
+    op: Callable[[], Awaitable[T]], *, what: str, backoff: Backoff | None = None
+) -> T:
+    """Run `op` until it succeeds, sleeping with backoff after each retriable failure
+    (`ReconcilerError.retriable`); anything else propagates."""
+    backoff = backoff or Backoff(base_s=0.1, cap_s=5.0)
+    while True:
+        try:
+            return await op()
+        except ReconcilerError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s failed (%s); retrying", what, exc)
+            await backoff.sleep()

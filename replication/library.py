@@ -97,6 +97,11 @@ def apply_command(event: ChangeEvent, local_region: str, retired: str = "") -> C
     )
 
 
+def forget_command(key: bytes, raw_meta: bytes) -> Command:
+    """FCALL rr_forget: drop a metadata entry if it is still `raw_meta` and the key is gone."""
+    return ("FCALL", "rr_forget", 2, key, meta_key_for(key), raw_meta)
+
+
 def read_command(keys: list[bytes]) -> Command:
     """FCALL_RO rr_read for several keys."""
     args: list[bytes] = []

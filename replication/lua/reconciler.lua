@@ -325,7 +325,19 @@ local function rr_digest(keys, args)
   return digest(args[1], values, tonumber(args[2]))
 end
 
+-- rr_forget(KEYS: key, metahash; ARGV: raw): garbage-collect a metadata entry (an old
+-- tombstone, an expired key's metadata) only if it is still exactly `raw` and the key does
+-- not exist: a write that landed meanwhile is never forgotten. Reply: 1 removed, 0 kept.
+local function rr_forget(keys, args)
+  local key, mkey, raw = keys[1], keys[2], args[1]
+  if redis.call('HGET', mkey, key) ~= raw then return 0 end
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  redis.call('HDEL', mkey, key)
+  return 1
+end
+
 redis.register_function('rr_version', rr_version)
+redis.register_function('rr_forget', rr_forget)
 redis.register_function('rr_apply', rr_apply)
 redis.register_function{ function_name = 'rr_read', callback = rr_read, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'rr_digest', callback = rr_digest, flags = { 'no-writes' } }

@@ -1,0 +1,551 @@
+"""Anti-entropy: find the keys two regions disagree on, and repair exactly those.
+
+A session runs between this region (the initiator) and one peer (the responder) over the
+control topic, per database:
+
+1. `hello`: the peer's Merkle roots. Equal roots: nothing to do.
+2. `children`, level by level: the initiator descends only into nodes whose hashes differ,
+   down to the differing hash slots (leaves).
+3. `buckets`: both sides read the differing slots' metadata fresh from Redis (so drift of
+   an in-memory index can never cause a repair) and split each slot into buckets of about
+   `keys_per_bucket` keys by key hash; only differing buckets go on.
+4. `entries`: (key, metadata) of the differing buckets. Each key is decided with the same
+   resolver as replication: the side whose version wins ships its state; concurrent
+   versions are exchanged both ways so both sides also merge their clocks.
+5. `ship`: the peer ships the keys it won to us; we ship the ones we won to it. Repair
+   traffic is ordinary change events targeted at the losing region, so its applier
+   resolves them exactly as live replication, and it is rate-limited.
+
+So the bytes exchanged grow with the divergent keys, not with the keyspace. A session keeps
+no state beyond itself: interrupted, it fails and is simply run again (every step is
+idempotent). Several slot chunks are in flight at once; memory is bounded by the chunk size.
+
+Modes: "repair"; "dry-run" (decide and report, ship nothing); "verify" (dry run plus each
+side checking that its data matches its metadata: a checksum of the data itself); and
+"resync" (the peer streams its whole keyspace to us, then a repair session runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.config import AntiEntropySection
+from reconciler.control import ControlChannel, ControlMessage
+from reconciler.merkle import (
+    LEAF_LEVEL,
+    MASK,
+    MerkleTree,
+    bucket_of,
+    children,
+    entry_hash,
+    leaf_entries,
+    leaf_hash,
+)
+from reconciler.repair import RepairShipper
+from reconciler.reports import KeyDecision, RepairReport
+from replication.errors import DecodeError, ReconcilerError
+from replication.event import Version
+from replication.keys import INTERNAL_PREFIX, is_internal, meta_key
+from replication.library import parse_read_reply, read_command
+from replication.metadata import Meta, decode_meta
+from replication.resolver import Outcome, resolve
+from replication.resp import RespConnection
+
+log = logging.getLogger(__name__)
+
+REQUEST = "ae.req."
+REPLY = "ae.reply"
+SLOTS_PER_CHUNK = 128
+CHUNKS_IN_FLIGHT = 4
+SHIP_KEYS_PER_REQUEST = 2000
+
+
+class SessionError(ReconcilerError):
+    """An anti-entropy session could not complete (peer silent, peer error)."""
+
+    retriable = True
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def is_live(meta: Meta | None, now: int) -> bool:
+    return meta is not None and meta.is_live(now)
+
+
+def bucket_hashes(entries: Mapping[bytes, Meta], buckets: int, now: int) -> list[int]:
+    """Per-bucket sums of the live entries' terms."""
+    sums = [0] * buckets
+    for key, meta in entries.items():
+        if meta.is_live(now):
+            b = bucket_of(key, buckets)
+            sums[b] = (sums[b] + entry_hash(key, meta.digest)) & MASK
+    return sums
+
+
+def _version(meta: Meta) -> Version:
+    return Version(meta.clock, meta.origin, meta.digest)
+
+
+def _describe(meta: Meta | None, now: int) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    state = "deleted" if meta.deleted else "expired" if meta.is_expired(now) else "live"
+    return {
+        "state": state,
+        "origin": meta.origin,
+        "hlc": meta.hlc,
+        "clock": dict(meta.clock),
+        "digest": meta.digest.hex(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: str  # ship-to-peer | fetch-from-peer | exchange
+    winner: str  # local | peer | equal
+    reason: str
+
+
+def decide(mine: Meta | None, theirs: Meta | None, now: int) -> Decision | None:
+    """What to do about one key whose entries differ; None when they agree logically
+    (same live value, or absent/deleted/expired on both sides)."""
+    mine_live, theirs_live = is_live(mine, now), is_live(theirs, now)
+    if not mine_live and not theirs_live:
+        if mine is None or theirs is None or mine.clock == theirs.clock:
+            return None  # absent everywhere; a tombstone on one side only changes nothing
+    elif (
+        mine_live
+        and theirs_live
+        and mine is not None
+        and theirs is not None
+        and mine.digest == theirs.digest
+        and mine.clock == theirs.clock
+    ):
+        return None
+    if theirs is None:
+        return Decision("ship-to-peer", "local", "the peer has no version of the key")
+    if mine is None:
+        return Decision("fetch-from-peer", "peer", "this region has no version of the key")
+    res = resolve(_version(mine), _version(theirs))
+    if res.outcome is Outcome.APPLIED:
+        return Decision("fetch-from-peer", "peer", "the peer's clock dominates")
+    if res.outcome is Outcome.STALE:
+        if mine.clock == theirs.clock:
+            return Decision("exchange", "equal", "equal clocks, different states (anomaly)")
+        return Decision("ship-to-peer", "local", "this region's clock dominates")
+    winner = "peer" if res.outcome is Outcome.REMOTE_WON else "local"
+    return Decision("exchange", winner, res.reason)
+
+
+async def read_slots(conn: RespConnection, slots: Sequence[int]) -> dict[int, dict[bytes, Meta]]:
+    """Fresh metadata of several slots from Redis (one round trip)."""
+    replies = await conn.pipeline([("HGETALL", meta_key(s)) for s in slots])
+    return {s: leaf_entries(flat) for s, flat in zip(slots, replies, strict=True)}
+
+
+class AntiEntropy:
+    """Runs sessions as initiator and answers peers' sessions as responder."""
+
+    def __init__(
+        self,
+        region: str,
+        *,
+        channel: ControlChannel,
+        trees: Mapping[int, MerkleTree],
+        conn: Callable[[int], Awaitable[RespConnection]],
+        shipper: RepairShipper,
+        settings: AntiEntropySection,
+        reports_dir: Path,
+    ) -> None:
+        self.region = region
+        self.channel = channel
+        self.trees = trees
+        self._conn = conn
+        self.shipper = shipper
+        self.settings = settings
+        self.reports_dir = reports_dir
+        self._seq = itertools.count(1)
+        self._pending: dict[tuple[str, int], asyncio.Future[ControlMessage]] = {}
+        self._answering: set[asyncio.Task[None]] = set()
+        self.sessions_ok = 0
+        self.sessions_failed = 0
+        self.keys_repaired = 0
+        self.bytes_exchanged = 0
+
+    # ----------------------------------------------------------------------- plumbing
+    async def handle(self, msg: ControlMessage) -> None:
+        """Control-channel handler for "ae." messages."""
+        if msg.type == REPLY:
+            seq = msg.body.get("seq")
+            fut = self._pending.pop((msg.session, seq), None) if isinstance(seq, int) else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif msg.type.startswith(REQUEST):
+            # Answer in a task: the control loop must stay free to deliver replies.
+            task = asyncio.create_task(self._answer(msg))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
+        for fut in self._pending.values():
+            fut.cancel()
+
+    async def _request(
+        self,
+        report: RepairReport,
+        session: str,
+        op: str,
+        timeout_s: float | None = None,
+        **body: Any,
+    ) -> dict[str, Any]:
+        seq = next(self._seq)
+        fut: asyncio.Future[ControlMessage] = asyncio.get_running_loop().create_future()
+        self._pending[(session, seq)] = fut
+        try:
+            sent = await self.channel.send(REQUEST + op, report.peer, session, seq=seq, **body)
+            try:
+                async with asyncio.timeout(timeout_s or self.settings.request_timeout_s):
+                    reply = await fut
+            except TimeoutError:
+                raise SessionError(
+                    f"peer {report.peer} did not answer '{op}' within "
+                    f"{timeout_s or self.settings.request_timeout_s:.0f}s (is its daemon up?)"
+                ) from None
+        finally:
+            self._pending.pop((session, seq), None)
+        b = report.bytes_exchanged
+        b["sent"] = b.get("sent", 0) + sent
+        b["received"] = b.get("received", 0) + reply.size
+        b["total"] = b["sent"] + b["received"]
+        if not reply.body.get("ok"):
+            raise SessionError(f"peer {report.peer} failed '{op}': {reply.body.get('error')}")
+        return reply.body
+
+    async def _answer(self, msg: ControlMessage) -> None:
+        op = msg.type.removeprefix(REQUEST)
+        seq = msg.body.get("seq")
+        handler = {
+            "hello": self._on_hello,
+            "children": self._on_children,
+            "buckets": self._on_buckets,
+            "entries": self._on_entries,
+            "ship": self._on_ship,
+            "resync": self._on_resync,
+            "selfcheck": self._on_selfcheck,
+        }.get(op)
+        try:
+            if handler is None:
+                raise SessionError(f"unknown anti-entropy request {op!r}")
+            result = await handler(msg.body)
+            await self.channel.send(REPLY, msg.sender, msg.session, seq=seq, ok=True, **result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the peer gets the reason; we carry on
+            log.warning("anti-entropy request %s from %s failed: %s", op, msg.sender, exc)
+            with contextlib.suppress(Exception):
+                await self.channel.send(
+                    REPLY, msg.sender, msg.session, seq=seq, ok=False, error=str(exc)
+                )
+
+    # ---------------------------------------------------------------------- responder
+    def _tree(self, db: object) -> MerkleTree:
+        if not isinstance(db, int) or db not in self.trees:
+            raise SessionError(f"database {db!r} is not replicated here")
+        return self.trees[db]
+
+    async def _on_hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        dbs = [db for db in body.get("dbs", []) if db in self.trees]
+        return {
+            "roots": {str(db): self.trees[db].root for db in dbs},
+            "keys": {str(db): self.trees[db].keys for db in dbs},
+        }
+
+    async def _on_children(self, body: dict[str, Any]) -> dict[str, Any]:
+        tree = self._tree(body.get("db"))
+        level, nodes = int(body["level"]), [int(n) for n in body["nodes"]]
+        if not 0 <= level < LEAF_LEVEL:
+            raise SessionError(f"bad level {level}")
+        row = tree.levels[level + 1]
+        return {"hashes": [row[c] for n in nodes for c in children(level, n)]}
+
+    async def _on_buckets(self, body: dict[str, Any]) -> dict[str, Any]:
+        db = body.get("db")
+        tree = self._tree(db)
+        wanted = [(int(s), int(n)) for s, n in body["slots"]]
+        entries = await read_slots(await self._conn(int(db)), [s for s, _ in wanted])  # type: ignore[arg-type]
+        now = now_ms()
+        out = []
+        for slot, n in wanted:
+            self._refresh_leaf(tree, slot, entries[slot])
+            out.append(bucket_hashes(entries[slot], max(1, n), now))
+        return {"buckets": out}
+
+    async def _on_entries(self, body: dict[str, Any]) -> dict[str, Any]:
+        db = body.get("db")
+        self._tree(db)
+        want = [(int(s), int(n), set(bs)) for s, n, bs in body["want"]]
+        conn = await self._conn(int(db))  # type: ignore[arg-type]
+        replies = await conn.pipeline([("HGETALL", meta_key(s)) for s, _, _ in want])
+        out: list[list[bytes]] = []
+        for (_, n, buckets), flat in zip(want, replies, strict=True):
+            for key, raw in zip(flat[::2], flat[1::2], strict=True):
+                if bucket_of(key, n) in buckets:
+                    out.append([key, raw])
+        return {"entries": out}
+
+    async def _on_ship(self, body: dict[str, Any]) -> dict[str, Any]:
+        db, target = body.get("db"), str(body["target"])
+        self._tree(db)
+        keys = [bytes(k) for k in body["keys"] if isinstance(k, bytes) and not is_internal(k)]
+        shipped = await self.shipper.ship(int(db), keys, target)  # type: ignore[arg-type]
+        self.keys_repaired += shipped
+        return {"shipped": shipped}
+
+    async def _on_resync(self, body: dict[str, Any]) -> dict[str, Any]:
+        target = str(body["target"])
+        shipped = 0
+        for db in self.trees:
+            shipped += await self.shipper.ship_everything(db, target)
+        log.info("resync streamed: target=%s keys=%d", target, shipped)
+        return {"shipped": shipped}
+
+    async def _on_selfcheck(self, body: dict[str, Any]) -> dict[str, Any]:
+        checked = inconsistent = 0
+        sample: list[str] = []
+        for db in self.trees:
+            c, bad = await self.selfcheck(db)
+            checked += c
+            inconsistent += len(bad)
+            sample += [k.decode("utf-8", "backslashreplace") for k in bad[: 20 - len(sample)]]
+        return {"checked": checked, "inconsistent": inconsistent, "sample": sample}
+
+    def _refresh_leaf(self, tree: MerkleTree, slot: int, entries: Mapping[bytes, Meta]) -> None:
+        """Correct the in-memory leaf if it drifted from Redis (then the tree is exact)."""
+        fresh, _ = leaf_hash(entries)
+        if tree.levels[LEAF_LEVEL][slot] != fresh:
+            tree.set_leaf(slot, fresh)
+
+    async def selfcheck(self, db: int) -> tuple[int, list[bytes]]:
+        """Does every key's data match its metadata? (checked count, inconsistent keys)."""
+        conn = await self._conn(db)
+        checked = 0
+        bad: list[bytes] = []
+        now = now_ms()
+        cursor = b"0"
+        while True:
+            cursor, found = await conn.execute("SCAN", cursor, "COUNT", 500)
+            keys = [k for k in found if not is_internal(k)]
+            if keys:
+                (reply,) = await conn.pipeline([read_command(keys)])
+                for state in parse_read_reply(keys, reply):
+                    checked += 1
+                    try:
+                        meta = decode_meta(state.meta_raw) if state.meta_raw else None
+                    except DecodeError:
+                        meta = None
+                    if state.kind_name == "none":
+                        continue  # expired between SCAN and read
+                    if meta is None or meta.deleted or meta.digest != state.digest:
+                        bad.append(state.key)
+            if cursor == b"0":
+                break
+        cursor = b"0"
+        while True:
+            cursor, metas = await conn.execute(
+                "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 500
+            )
+            for mk in metas:
+                flat = await conn.execute("HGETALL", mk)
+                live = [k for k, m in leaf_entries(flat).items() if m.is_live(now)]
+                if live:
+                    exists = await conn.pipeline([("EXISTS", k) for k in live])
+                    bad += [k for k, e in zip(live, exists, strict=True) if e == 0]
+            if cursor == b"0":
+                break
+        return checked, bad
+
+    # ---------------------------------------------------------------------- initiator
+    async def run(self, peer: str, trigger: str, mode: str = "repair") -> RepairReport:
+        """One session with `peer`; writes and returns its report (never raises for a
+        session failure: the report says `failed` and why)."""
+        report = RepairReport.new(self.region, peer, trigger, mode)
+        session = uuid.uuid4().hex
+        started = time.monotonic()
+        try:
+            if mode == "resync":
+                t0 = time.monotonic()
+                body = await self._request(
+                    report, session, "resync", timeout_s=24 * 3600.0, target=self.region
+                )
+                report.repaired["fetched"] = int(body["shipped"])
+                report.durations_s["resync"] = time.monotonic() - t0
+            await self._compare(report, session, dry_run=mode in ("dry-run", "verify"))
+            if mode == "verify":
+                await self._verify_data(report, session)
+            report.finish("ok")
+            self.sessions_ok += 1
+        except (SessionError, ReconcilerError, OSError) as exc:
+            report.finish("failed", str(exc))
+            self.sessions_failed += 1
+            log.warning("anti-entropy session failed: peer=%s error=%s", peer, exc)
+        report.durations_s["total"] = time.monotonic() - started
+        self.bytes_exchanged += report.bytes_exchanged.get("total", 0)
+        report.write(self.reports_dir)
+        log.info(
+            "anti-entropy session: peer=%s mode=%s trigger=%s result=%s keys_differing=%d "
+            "bytes=%d seconds=%.2f report=%s",
+            peer, mode, trigger, report.result, report.keys_differing,
+            report.bytes_exchanged.get("total", 0), report.durations_s["total"], report.id,
+        )  # fmt: skip
+        return report
+
+    async def _compare(self, report: RepairReport, session: str, *, dry_run: bool) -> None:
+        t0 = time.monotonic()
+        dbs = sorted(self.trees)
+        hello = await self._request(report, session, "hello", dbs=dbs)
+        roots = {int(db): int(h) for db, h in hello["roots"].items()}
+        report.keys_in_scope = {
+            "local": sum(self.trees[db].keys for db in dbs),
+            "peer": sum(int(n) for n in hello["keys"].values()),
+        }
+        repair_time = 0.0
+        semaphore = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        for db in dbs:
+            tree = self.trees[db]
+            if db not in roots or tree.root == roots[db]:
+                continue
+            slots = await self._differing_slots(report, session, db, tree)
+            report.leaves_differing += len(slots)
+
+            async def one_chunk(chunk: list[int], db: int = db) -> float:
+                async with semaphore:
+                    return await self._repair_slots(report, session, db, chunk, dry_run=dry_run)
+
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(one_chunk(slots[i : i + SLOTS_PER_CHUNK]))
+                    for i in range(0, len(slots), SLOTS_PER_CHUNK)
+                ]
+            repair_time += sum(t.result() for t in tasks)
+        report.durations_s["compare"] = time.monotonic() - t0
+        report.durations_s["repair"] = repair_time
+
+    async def _differing_slots(
+        self, report: RepairReport, session: str, db: int, tree: MerkleTree
+    ) -> list[int]:
+        differing = [0]
+        for level in range(LEAF_LEVEL):
+            body = await self._request(
+                report, session, "children", db=db, level=level, nodes=differing
+            )
+            ids = [c for n in differing for c in children(level, n)]
+            theirs = body["hashes"]
+            if len(theirs) != len(ids):
+                raise SessionError("peer answered a different number of child hashes")
+            row = tree.levels[level + 1]
+            differing = [c for c, h in zip(ids, theirs, strict=True) if row[c] != h]
+        return differing
+
+    async def _repair_slots(
+        self, report: RepairReport, session: str, db: int, slots: list[int], *, dry_run: bool
+    ) -> float:
+        conn = await self._conn(db)
+        mine = await read_slots(conn, slots)
+        tree = self.trees[db]
+        now = now_ms()
+        sizes = {}
+        for slot in slots:
+            self._refresh_leaf(tree, slot, mine[slot])
+            live = sum(1 for m in mine[slot].values() if m.is_live(now))
+            sizes[slot] = max(1, math.ceil(live / self.settings.keys_per_bucket))
+        body = await self._request(
+            report, session, "buckets", db=db, slots=[[s, sizes[s]] for s in slots]
+        )
+        want: list[list[Any]] = []
+        for slot, theirs in zip(slots, body["buckets"], strict=True):
+            ours = bucket_hashes(mine[slot], sizes[slot], now)
+            diff = [b for b, (x, y) in enumerate(zip(ours, theirs, strict=True)) if x != y]
+            if diff:
+                want.append([slot, sizes[slot], diff])
+                report.buckets_differing += len(diff)
+        if not want:
+            return 0.0
+        body = await self._request(report, session, "entries", db=db, want=want)
+        theirs_entries = leaf_entries([x for pair in body["entries"] for x in pair])
+        mine_entries: dict[bytes, Meta] = {}
+        for slot, n, diff in want:
+            buckets = set(diff)
+            mine_entries.update((k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets)
+        ship: list[bytes] = []
+        fetch: list[bytes] = []
+        for key in sorted(mine_entries.keys() | theirs_entries.keys()):
+            report.keys_compared += 1
+            m, t = mine_entries.get(key), theirs_entries.get(key)
+            decision = decide(m, t, now)
+            if decision is None:
+                continue
+            report.add_decision(
+                KeyDecision(
+                    db=db,
+                    key=key.decode("utf-8", "backslashreplace"),
+                    action=decision.action,
+                    winner=decision.winner,
+                    reason=decision.reason,
+                    local=_describe(m, now),
+                    peer=_describe(t, now),
+                )
+            )
+            if decision.action in ("ship-to-peer", "exchange"):
+                ship.append(key)
+            if decision.action in ("fetch-from-peer", "exchange"):
+                fetch.append(key)
+        if dry_run or not (ship or fetch):
+            return 0.0
+        t0 = time.monotonic()
+        await self._exchange(report, session, db, ship, fetch)
+        return time.monotonic() - t0
+
+    async def _exchange(
+        self, report: RepairReport, session: str, db: int, ship: list[bytes], fetch: list[bytes]
+    ) -> None:
+        if ship:
+            shipped = await self.shipper.ship(db, ship, report.peer)
+            report.repaired["shipped"] = report.repaired.get("shipped", 0) + shipped
+        for i in range(0, len(fetch), SHIP_KEYS_PER_REQUEST):
+            chunk = fetch[i : i + SHIP_KEYS_PER_REQUEST]
+            body = await self._request(
+                report, session, "ship", db=db, keys=chunk, target=self.region
+            )
+            report.repaired["fetched"] = report.repaired.get("fetched", 0) + int(body["shipped"])
+        self.keys_repaired += len(ship) + len(fetch)
+
+    async def _verify_data(self, report: RepairReport, session: str) -> None:
+        t0 = time.monotonic()
+        local_bad: list[bytes] = []
+        for db in self.trees:
+            _, bad = await self.selfcheck(db)
+            local_bad += bad
+        report.local_inconsistencies = len(local_bad)
+        body = await self._request(report, session, "selfcheck", timeout_s=3600.0)
+        report.peer_inconsistencies = int(body["inconsistent"])
+        report.durations_s["selfcheck"] = time.monotonic() - t0
+        if local_bad or report.peer_inconsistencies:
+            log.warning(
+                "verify: data does not match metadata: local=%d peer=%d",
+                len(local_bad), report.peer_inconsistencies,
+            )  # fmt: skip

@@ -1,0 +1,1 @@
+"""The `reconciler` subcommands, one module each (`add_arguments`, `run`)."""

@@ -1,0 +1,196 @@
+"""The daemon's configuration: one TOML file per region (see configs/*.toml).
+
+Loaded and validated at start with `reconciler.configfile` (unknown keys rejected naming
+the key, values range-checked, secrets only from `*_env` / `*_file`, masked in repr).
+Only `region`, `peers`, `[redis] url`, `[kafka] bootstrap_servers` are required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from reconciler.configfile import ConfigError, Secret, check_fields, load_file, setting
+from replication.keys import is_valid_region_name
+from replication.resp import RedisAddress
+from replication.transport.settings import KafkaSettings
+
+
+@dataclass(frozen=True)
+class RedisSection:
+    url: str = setting(min_len=1)
+    """redis://[user@]host:port/db of this region's Redis (no password in the URL)."""
+    password: Secret | None = None
+    dbs: tuple[int, ...] = (0,)
+    """Databases replicated; others are ignored (the first one holds the status record)."""
+    capture: Literal["psync", "notifications"] = "psync"
+    """How changes are captured: the replication stream (PSYNC), or keyspace
+    notifications for servers that refuse PSYNC (every disconnect is then a gap)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.url.startswith("redis://"):
+            raise ConfigError(f"'url' = {self.url!r}: expected a redis:// URL")
+        if "@" in self.url and ":" in self.url.split("@")[0].removeprefix("redis://"):
+            raise ConfigError("'url' contains a password: use 'password_env' or 'password_file'")
+        if not self.dbs or any(not 0 <= db < 1 << 16 for db in self.dbs):
+            raise ConfigError(f"'dbs' = {list(self.dbs)}: expected database numbers >= 0")
+
+    def address(self, db: int | None = None) -> RedisAddress:
+        base = RedisAddress.from_url(
+            self.url, password=self.password.reveal() if self.password else None
+        )
+        return base if db is None else RedisAddress(
+            base.host, base.port, db, base.username, base.password
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KafkaSection:
+    bootstrap_servers: str = setting(min_len=1)
+    topic_prefix: str = setting("reconciler", min_len=1)
+    partitions: int = setting(8, ge=1)
+    replication_factor: int = setting(1, ge=1)
+    record_max_events: int = setting(200, ge=1)
+    record_max_bytes: int = setting(512 * 1024, ge=1024)
+    linger_ms: int = setting(5, ge=0)
+    compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    max_message_bytes: int = setting(8 * 1024 * 1024, ge=1024 * 1024)
+    request_timeout_ms: int = setting(30_000, ge=1000)
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    password: Secret | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap_servers,
+            topic_prefix=self.topic_prefix,
+            partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            record_max_events=self.record_max_events,
+            record_max_bytes=self.record_max_bytes,
+            linger_ms=self.linger_ms,
+            compression=None if self.compression == "none" else self.compression,
+            max_message_bytes=self.max_message_bytes,
+            request_timeout_ms=self.request_timeout_ms,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password=self.password.reveal() if self.password else None,
+        )
+
+
+@dataclass(frozen=True)
+class CaptureSection:
+    max_batch_commands: int = setting(2000, ge=1)
+    max_in_flight_batches: int = setting(8, ge=1)
+
+
+@dataclass(frozen=True)
+class ApplySection:
+    max_records_per_poll: int = setting(500, ge=1)
+
+
+@dataclass(frozen=True)
+class HeartbeatSection:
+    interval_s: float = setting(1.0, gt=0)
+    peer_timeout_s: float = setting(5.0, gt=0)
+    """A peer silent this long is down; when it is heard again, anti-entropy runs with it."""
+
+
+@dataclass(frozen=True)
+class AntiEntropySection:
+    on_start: bool = True
+    repair_keys_per_s: float = setting(20_000.0, gt=0)
+    """Cap on keys shipped by repair, so repair never starves live replication."""
+    request_timeout_s: float = setting(30.0, gt=0)
+    """How long a session waits for a peer's answer before giving up (it is retried)."""
+    retry_interval_s: float = setting(10.0, gt=0)
+    keys_per_bucket: int = setting(8, ge=1)
+    """A differing slot is split into buckets of about this many keys before keys are
+    exchanged, so bytes grow with the divergent keys, not with the keyspace."""
+
+
+@dataclass(frozen=True)
+class TombstoneSection:
+    horizon_s: float = setting(7 * 86400.0, gt=0)
+    """Tombstones (and metadata of expired keys) older than this are removed even if a peer
+    has not been seen caught up; a region down longer than this needs a full resync."""
+    min_age_s: float = setting(600.0, ge=0)
+    """Never removed before this age, even when every peer is caught up."""
+    gc_interval_s: float = setting(300.0, gt=0)
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    refresh_s: float = setting(1.0, gt=0)
+    ttl_s: float = setting(5.0, gt=0)
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    host: str = "127.0.0.1"
+    port: int = setting(9300, ge=0, le=65535)
+    """Health, Prometheus metrics and repair/resync triggers; 0 picks a free port."""
+
+
+@dataclass(frozen=True)
+class ClockSection:
+    max_drift_ms: int = setting(60_000, ge=0)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    redis: RedisSection
+    kafka: KafkaSection
+    region: str = setting(min_len=1)
+    peers: tuple[str, ...] = setting(min_len=1)
+    retired_regions: tuple[str, ...] = ()
+    """Regions removed for good, whose clock entries are ignored (see replication.vclock)."""
+    state_dir: str = "/var/lib/reconciler"
+    """Capture position and clock high-water mark live here (systemd StateDirectory)."""
+    reports_dir: str = ""
+    """Repair reports (JSON and Markdown); default: <state_dir>/reports."""
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    apply: ApplySection = field(default_factory=ApplySection)
+    heartbeat: HeartbeatSection = field(default_factory=HeartbeatSection)
+    antientropy: AntiEntropySection = field(default_factory=AntiEntropySection)
+    tombstones: TombstoneSection = field(default_factory=TombstoneSection)
+    status: StatusSection = field(default_factory=StatusSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in (self.region, *self.peers, *self.retired_regions):
+            if not is_valid_region_name(name):
+                raise ConfigError(
+                    f"region name {name!r} is invalid: use lowercase letters, digits, '-' "
+                    "or '_' (at most 63), starting with a letter or digit"
+                )
+        if self.region in self.peers:
+            raise ConfigError(f"'peers' must not contain this region ({self.region!r})")
+        if len(set(self.peers)) != len(self.peers):
+            raise ConfigError(f"'peers' lists a region twice: {list(self.peers)}")
+        if set(self.retired_regions) & {self.region, *self.peers}:
+            raise ConfigError("'retired_regions' must not contain the region or its peers")
+
+    @property
+    def regions(self) -> list[str]:
+        return [self.region, *self.peers]
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else Path(self.state_dir) / "reports"
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a daemon config file (ConfigError naming the bad key otherwise)."""
+    return load_file(DaemonConfig, path)

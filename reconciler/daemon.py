@@ -1,0 +1,569 @@
+"""The daemon: one per region, supervising every part in one `asyncio.TaskGroup`.
+
+    capture (PSYNC or notifications) -> versioner -> producer        (outbound)
+    consumer -> applier (-> versioner for deferred keys) -> commit   (inbound)
+    control channel: heartbeats, anti-entropy sessions (initiator and responder)
+    Merkle index per database, updated by both directions
+    status record, tombstone GC, clock high-water mark, admin HTTP (health, metrics, repair)
+
+When one part fails for good the group cancels the rest and the daemon exits non-zero
+(systemd restarts it). SIGTERM (or SIGINT) stops gracefully: capture stops reading, what is
+in flight reaches Kafka and is acknowledged on the stream, the applier finishes what it
+holds and commits its offsets; a second signal forces the exit.
+
+Gaps (a first start, a full resync, a flush, a restarted Redis) are never silent: the
+status goes to `recovering`, the index is rebuilt, every key is versioned again (finding
+local writes and deletes the stream did not show), and anti-entropy runs with every peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+
+from reconciler.admin import AdminServer
+from reconciler.antientropy import AntiEntropy
+from reconciler.config import DaemonConfig
+from reconciler.control import ControlChannel
+from reconciler.merkle import MerkleTree, rebuild
+from reconciler.metrics import DaemonCollector
+from reconciler.peers import Peers, send_heartbeats
+from reconciler.repair import RepairShipper
+from reconciler.reports import RepairReport
+from reconciler.status import RegionStatus, write_status
+from reconciler.tombstones import collect
+from replication.applier import Applier, ApplyReport
+from replication.backoff import Backoff
+from replication.capture.batch import ChangeSource, Gap
+from replication.capture.notifications import KeyspaceNotificationSource
+from replication.capture.stream import ReplicationStreamSource
+from replication.capture.versioner import VersionedChange, Versioner
+from replication.errors import ReconcilerError
+from replication.hlc import HybridClock
+from replication.inbound import Inbound
+from replication.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
+from replication.library import ensure_library
+from replication.outbound import Outbound
+from replication.resp import RespConnection
+from replication.transport.consumer import ChangeConsumer
+from replication.transport.deadletter import DeadLetters
+from replication.transport.producer import ChangeProducer
+from replication.transport.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+STOP_DEADLINE_S = 30.0
+
+
+@dataclass
+class RepairRequest:
+    peer: str
+    trigger: str
+    mode: str = "repair"
+    done: asyncio.Future[RepairReport] | None = None
+
+
+@dataclass
+class DaemonState:
+    """What the daemon knows about itself (status record, health, metrics)."""
+
+    status: str = STATUS_RECOVERING
+    since_ms: int = 0
+    last_repair_ms: int = 0
+    gaps: dict[str, int] = field(default_factory=dict)
+    pending_peers: set[str] = field(default_factory=set)  # need a good session since a gap
+    repaired_since_gap: bool = False
+    sessions_running: int = 0
+    started_ms: int = 0
+    rebuild_progress: float = 0.0
+    gc_tombstones_removed: int = 0
+    gc_expired_removed: int = 0
+    conflicts_won: int = 0
+    conflicts_lost: int = 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.region = config.region
+        self.state_dir = Path(config.state_dir)
+        self.state = DaemonState(started_ms=now_ms(), since_ms=now_ms())
+        self.clock = HybridClock(
+            max_drift_ms=config.clock.max_drift_ms, floor=self._load_clock_floor()
+        )
+        self.trees: dict[int, MerkleTree] = {db: MerkleTree() for db in config.redis.dbs}
+        kafka = config.kafka.settings()
+        self.kafka_settings = kafka
+        address = config.redis.address(config.redis.dbs[0])
+        self.versioner = Versioner(address, self.region, self.clock)
+        self.applier = Applier(address, self.region, self.clock, frozenset(config.retired_regions))
+        self.producer = ChangeProducer(kafka, self.region)
+        self.dead_letters = DeadLetters(
+            lambda: self.producer.kafka, kafka.topic_prefix, self.region
+        )
+        self.consumer = ChangeConsumer(kafka, self.region, list(config.peers), self.dead_letters)
+        self.control = ControlChannel(kafka, self.region, lambda: self.producer.kafka)
+        self.peers = Peers(
+            self.region,
+            list(config.peers),
+            timeout_s=config.heartbeat.peer_timeout_s,
+            on_peer_up=self._on_peer_up,
+        )
+        self.shipper = RepairShipper(
+            self.conn,
+            self.versioner,
+            self.producer,
+            keys_per_s=config.antientropy.repair_keys_per_s,
+            on_local_changes=self._on_local_changes,
+        )
+        self.antientropy = AntiEntropy(
+            self.region,
+            channel=self.control,
+            trees=self.trees,
+            conn=self.conn,
+            shipper=self.shipper,
+            settings=config.antientropy,
+            reports_dir=config.reports_path,
+        )
+        self.source: ChangeSource = self._make_source()
+        self.outbound = Outbound(
+            self.source,
+            self.versioner,
+            self.producer,
+            on_gap=self._on_gap,
+            on_flush=self._on_flush,
+            on_changes=self._on_local_changes,
+            max_in_flight=config.capture.max_in_flight_batches,
+        )
+        self.inbound = Inbound(
+            self.consumer,
+            self.applier,
+            self.versioner,
+            self.producer,
+            self.dead_letters,
+            on_applied=self._on_applied,
+            on_local_changes=self._on_local_changes,
+            max_records=config.apply.max_records_per_poll,
+        )
+        self.collector = DaemonCollector(self)
+        self.admin = AdminServer(self, config.admin.host, config.admin.port)
+        self._conns: dict[int, RespConnection] = {}
+        self._status_client: aioredis.Redis | None = None
+        self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
+        self._queued: set[tuple[str, str]] = set()
+        self._stopping = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._recovering: asyncio.Lock = asyncio.Lock()
+        self._signals = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ construction
+    def _make_source(self) -> ChangeSource:
+        cfg = self.config.redis
+        address = cfg.address()
+        auth = ""
+        if address.password is not None:
+            user = quote(address.username or "", safe="")
+            auth = f"{user}:{quote(address.password, safe='')}@"
+        elif address.username:
+            auth = f"{quote(address.username, safe='')}@"
+        url = f"redis://{auth}{address.host}:{address.port}/0"
+        if cfg.capture == "notifications":
+            return KeyspaceNotificationSource(url, dbs=cfg.dbs)
+        return ReplicationStreamSource(
+            url,
+            state_dir=self.state_dir,
+            name=f"capture-{self.region}",
+            dbs=cfg.dbs,
+            max_batch_commands=self.config.capture.max_batch_commands,
+        )
+
+    def _clock_path(self) -> Path:
+        return self.state_dir / f"clock-{self.region}.json"
+
+    def _load_clock_floor(self) -> int:
+        try:
+            return int(json.loads(self._clock_path().read_text())["high_water"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _save_clock_floor(self) -> None:
+        path = self._clock_path()
+        tmp = path.with_name(path.name + ".tmp")
+        # A little headroom: timestamps handed out after this save stay below it.
+        tmp.write_text(json.dumps({"high_water": self.clock.last + (5_000 << 12)}))
+        tmp.replace(path)
+
+    async def conn(self, db: int) -> RespConnection:
+        """A connection to database `db` with the function library loaded (reopened if the
+        previous one broke), for anti-entropy, repair and GC."""
+        conn = self._conns.get(db)
+        if conn is None or conn.closed:
+            conn = await RespConnection.open(self.config.redis.address(db))
+            await ensure_library(conn)
+            self._conns[db] = conn
+        return conn
+
+    # -------------------------------------------------------------------- callbacks
+    def _on_local_changes(self, changes: list[VersionedChange]) -> None:
+        for change in changes:
+            event = change.event
+            tree = self.trees.get(event.db)
+            if tree is not None:
+                tree.update(event.key, change.previous_digest, event.digest)
+
+    def _on_applied(self, report: ApplyReport) -> None:
+        for change in report.digest_changes:
+            tree = self.trees.get(change.db)
+            if tree is not None:
+                tree.update(change.key, change.old, change.new)
+        for conflict in report.conflicts:
+            if conflict.winner == "local":
+                self.state.conflicts_won += 1
+            else:
+                self.state.conflicts_lost += 1
+        if report.conflicts:
+            self._record_conflicts(report)
+
+    def _record_conflicts(self, report: ApplyReport) -> None:
+        path = self.config.reports_path / f"conflicts-{self.region}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for conflict in report.conflicts:
+                f.write(json.dumps(conflict.to_json()) + "\n")
+
+    async def _on_gap(self, gap: Gap) -> None:
+        self.state.gaps[gap.reason] = self.state.gaps.get(gap.reason, 0) + 1
+        log.warning("capture gap: reason=%s detail=%s", gap.reason, gap.detail)
+        self._set_status(STATUS_RECOVERING)
+        self._spawn(self._recover(f"capture gap: {gap.reason}"))
+
+    async def _on_flush(self, dbs: frozenset[int]) -> None:
+        log.warning("local flush of dbs %s: refilling from peers", sorted(dbs))
+        # The gap that comes with the flush triggers the recovery.
+
+    def _on_peer_up(self, peer: str, reason: str) -> None:
+        if peer in self.state.pending_peers or reason != "first heartbeat":
+            self.request_repair(peer, f"peer up: {reason}")
+
+    # ------------------------------------------------------------------ status, repair
+    def _set_status(self, status: str) -> None:
+        if status != self.state.status:
+            log.info("status: %s -> %s", self.state.status, status)
+            self.state.status = status
+            self.state.since_ms = now_ms()
+            self._spawn(self._write_status())
+
+    def _update_status(self) -> None:
+        s = self.state
+        if s.status == STATUS_RECOVERING and self._recovering.locked():
+            return
+        if s.sessions_running or not self._repairs.empty():
+            self._set_status(STATUS_REPAIRING)
+            return
+        alive = set(self.peers.alive())
+        if not s.pending_peers or (not (s.pending_peers & alive) and s.repaired_since_gap):
+            self._set_status(STATUS_CONSISTENT)
+        elif s.status != STATUS_RECOVERING:
+            self._set_status(STATUS_REPAIRING)
+
+    def request_repair(
+        self, peer: str, trigger: str, mode: str = "repair", *, operator: bool = False
+    ) -> asyncio.Future[RepairReport] | None:
+        """Queue a session with `peer`.
+
+        Automatic triggers are de-duplicated, and wait for a peer that is not alive (it is
+        left pending; its next heartbeat starts the session). Operator requests always run.
+        """
+        if not operator:
+            self.state.pending_peers.add(peer)
+            if peer not in self.peers.alive():
+                return None
+        key = (peer, mode)
+        if mode == "repair" and key in self._queued:
+            return None
+        self._queued.add(key)
+        loop = self._loop or asyncio.get_running_loop()
+        done: asyncio.Future[RepairReport] = loop.create_future()
+        self._repairs.put_nowait(RepairRequest(peer, trigger, mode, done))
+        return done
+
+    async def operator_session(self, peer: str, mode: str, trigger: str) -> RepairReport:
+        """Run a session for the operator (admin endpoint) and wait for its report."""
+        if peer not in self.config.peers:
+            raise ReconcilerError(f"unknown peer {peer!r} (peers: {list(self.config.peers)})")
+        if mode == "repair":
+            self._queued.discard((peer, mode))
+        fut = self.request_repair(peer, trigger, mode, operator=True)
+        if fut is None:
+            raise ReconcilerError("could not queue the session")
+        return await fut
+
+    async def _repair_loop(self) -> None:
+        while True:
+            request = await self._repairs.get()
+            self._queued.discard((request.peer, request.mode))
+            self.state.sessions_running += 1
+            if request.mode in ("repair", "resync"):
+                self._update_status()
+            try:
+                report = await self.antientropy.run(request.peer, request.trigger, request.mode)
+            finally:
+                self.state.sessions_running -= 1
+            if request.done is not None and not request.done.done():
+                request.done.set_result(report)
+            if request.mode in ("repair", "resync"):
+                if report.result == "ok":
+                    self.state.pending_peers.discard(request.peer)
+                    self.state.repaired_since_gap = True
+                    self.state.last_repair_ms = now_ms()
+                else:
+                    self._spawn(self._retry_later(request.peer, request.trigger))
+            self._update_status()
+
+    async def _retry_later(self, peer: str, trigger: str) -> None:
+        await asyncio.sleep(self.config.antientropy.retry_interval_s)
+        if peer in self.state.pending_peers and peer in self.peers.alive():
+            self.request_repair(peer, f"retry: {trigger}")
+
+    async def _recover(self, reason: str) -> None:
+        """After a gap: rebuild the index, version every key again, repair with peers."""
+        async with self._recovering:
+            self.state.pending_peers = set(self.config.peers)
+            self.state.repaired_since_gap = False
+            await self._rebuild_trees()
+            swept = 0
+            for db in self.config.redis.dbs:
+                async for report in self.versioner.sweep(db):
+                    if report.changes:
+                        self._on_local_changes(report.changes)
+                        shipment = await self.producer.ship([c.event for c in report.changes])
+                        await shipment.wait()
+                        swept += len(report.changes)
+            log.info("recovery sweep: reason=%r local_changes_found=%d", reason, swept)
+            for peer in self.config.peers:
+                self.request_repair(peer, reason)
+        self._update_status()
+
+    async def _rebuild_trees(self) -> None:
+        for db in self.config.redis.dbs:
+            conn = await self.conn(db)
+            started = time.monotonic()
+
+            def progress(done: int, keys: int, db: int = db) -> None:
+                self.state.rebuild_progress = done / 16384
+                if done % 4096 == 0:
+                    log.info("merkle rebuild: db=%d slots=%d/16384 keys=%d", db, done, keys)
+
+            tree = await rebuild(conn, progress=progress)
+            self.trees[db] = tree
+            log.info(
+                "merkle rebuild done: db=%d keys=%d seconds=%.2f",
+                db, tree.keys, time.monotonic() - started,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------- periodic jobs
+    async def _status_client_get(self) -> aioredis.Redis:
+        if self._status_client is None:
+            a = self.config.redis.address(self.config.redis.dbs[0])
+            self._status_client = aioredis.Redis(
+                host=a.host, port=a.port, db=a.db, username=a.username, password=a.password,
+                socket_timeout=5, socket_connect_timeout=5,
+            )  # fmt: skip
+        return self._status_client
+
+    async def _write_status(self) -> None:
+        s = self.state
+        status = RegionStatus(
+            state=s.status,
+            region=self.region,
+            since_ms=s.since_ms,
+            last_repair_ms=s.last_repair_ms,
+            updated_ms=now_ms(),
+        )
+        try:
+            client = await self._status_client_get()
+            await write_status(client, status, int(self.config.status.ttl_s * 1000))
+        except (OSError, ReconcilerError, aioredis.RedisError) as exc:
+            log.debug("status record not written: %s", exc)
+
+    async def _every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        while not self._stopping.is_set():
+            try:
+                await job()
+            except (OSError, ReconcilerError, aioredis.RedisError) as exc:
+                log.warning("periodic job %s failed: %s", getattr(job, "__name__", job), exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
+
+    async def _status_tick(self) -> None:
+        for peer in self.peers.check():
+            self.state.pending_peers.add(peer)  # when it returns, it gets a session
+        self._update_status()
+        await self._write_status()
+        self._save_clock_floor()
+
+    async def _gc_tick(self) -> None:
+        t = self.config.tombstones
+        for db, tree in self.trees.items():
+            result = await collect(
+                await self.conn(db),
+                tree,
+                now_ms(),
+                caught_up_before_ms=self.peers.all_caught_up_before_ms(),
+                min_age_ms=int(t.min_age_s * 1000),
+                horizon_ms=int(t.horizon_s * 1000),
+            )
+            self.state.gc_tombstones_removed += result.tombstones_removed
+            self.state.gc_expired_removed += result.expired_removed
+
+    async def heartbeat_body(self) -> dict[str, Any]:
+        lag: dict[str, int] = {}
+        with contextlib.suppress(Exception):
+            lag = await self.consumer.lag()
+        stats = getattr(self.source, "stats", None)
+        return {
+            "epoch": self.state.started_ms,
+            "status": self.state.status,
+            "capture_offset": int(getattr(stats, "acked_offset", 0) or 0),
+            "lag": lag,
+            "at_ms": now_ms(),
+        }
+
+    # ----------------------------------------------------------------------- lifecycle
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        if self._group is None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+            return
+        self._group.create_task(coro)  # type: ignore[arg-type]
+
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM). A second request forces it."""
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping: finishing in-flight work")
+            self._stopping.set()
+            self.outbound.stop()
+            self.inbound.stop()
+        else:
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+
+    async def run(self) -> int:
+        """Run until stopped; 0 after a graceful stop, 1 after a failure."""
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self.request_stop)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._start(stack)
+                await self._supervise()
+        except ReconcilerError as exc:
+            log.error("daemon failed: %s", exc)  # noqa: TRY400 - the message is the point
+            return 1
+        except ExceptionGroup as group:
+            for failure in _leaves(group):
+                if isinstance(failure, ReconcilerError):
+                    log.error("daemon failed: %s", failure)  # noqa: TRY400
+                else:
+                    log.exception("daemon failed", exc_info=failure)
+            return 1
+        else:
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    self._loop.remove_signal_handler(sig)
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        log.info("starting: region=%s peers=%s", self.region, ",".join(cfg.peers))
+        backoff = Backoff(base_s=0.5, cap_s=10.0)
+        while True:
+            try:
+                await ensure_topics(self.kafka_settings, cfg.regions)
+                break
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("kafka not reachable yet (%s); retrying", exc)
+                await backoff.sleep()
+        stack.push_async_callback(self._close_conns)
+        for component in (self.versioner, self.applier, self.producer, self.consumer, self.control):
+            await component.start()
+            stack.push_async_callback(component.stop)
+        stack.push_async_callback(self.antientropy.stop)
+        await self._write_status()
+        await self._rebuild_trees()
+        await self.source.start()
+        stack.push_async_callback(self.source.stop)
+        self.admin.start()
+        stack.callback(self.admin.stop)
+        self.control.on("hb", self.peers.handle)
+        self.control.on("ae.", self.antientropy.handle)
+        if cfg.antientropy.on_start:
+            # Sessions start as each peer's first heartbeat arrives.
+            self.state.pending_peers = set(cfg.peers)
+        log.info("running: admin=http://%s:%d", self.admin.host, self.admin.port)
+
+    async def _supervise(self) -> None:
+        cfg = self.config
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            main = [group.create_task(self.outbound.run()), group.create_task(self.inbound.run())]
+            services = [
+                group.create_task(self.control.run()),
+                group.create_task(self._repair_loop()),
+                group.create_task(
+                    send_heartbeats(
+                        self.control, cfg.heartbeat.interval_s, self.heartbeat_body, self._stopping
+                    )
+                ),
+                group.create_task(self._every(cfg.status.refresh_s, self._status_tick)),
+                group.create_task(self._every(cfg.tombstones.gc_interval_s, self._gc_tick)),
+            ]
+            await self._stopping.wait()
+            try:
+                async with asyncio.timeout(STOP_DEADLINE_S):
+                    await asyncio.gather(*main)
+            except TimeoutError:
+                log.warning("graceful stop took longer than %.0fs; cancelling", STOP_DEADLINE_S)
+            for task in main + services:
+                task.cancel()
+        self._group = None
+        self._save_clock_floor()
+        log.info("stopped")
+
+    async def _close_conns(self) -> None:
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            await conn.close()
+        if self._status_client is not None:
+            await self._status_client.aclose()
+            self._status_client = None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out

@@ -1,0 +1,113 @@
+"""Which peers are alive and how far behind they are, from heartbeats on the control topic.
+
+Every daemon sends a heartbeat every `interval_s`: its epoch (start time), status, capture
+position, and its consumer lag on every other region's topic. A peer not heard from for
+`peer_timeout_s` is down; when it is heard again (or for the first time), `on_peer_up`
+fires so anti-entropy runs with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.control import ControlChannel, ControlMessage
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = "hb"
+
+
+@dataclass
+class PeerState:
+    region: str
+    alive: bool = False
+    last_seen: float = 0.0  # monotonic
+    epoch: int = 0
+    status: str = ""
+    lag: dict[str, int] = field(default_factory=dict)  # its consumer lag per origin region
+    capture_offset: int = 0
+    caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
+    heartbeats: int = 0
+
+
+class Peers:
+    def __init__(
+        self,
+        region: str,
+        peers: list[str],
+        *,
+        timeout_s: float,
+        on_peer_up: Callable[[str, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.region = region
+        self.timeout_s = timeout_s
+        self.on_peer_up = on_peer_up
+        self.clock = clock
+        self.state = {p: PeerState(p) for p in peers}
+
+    async def handle(self, msg: ControlMessage) -> None:
+        """Control-channel handler for heartbeats."""
+        peer = self.state.get(msg.sender)
+        if peer is None or msg.type != HEARTBEAT:
+            return
+        body = msg.body
+        was_alive, old_epoch = peer.alive, peer.epoch
+        peer.last_seen = self.clock()
+        peer.heartbeats += 1
+        peer.epoch = int(body.get("epoch", 0))
+        peer.status = str(body.get("status", ""))
+        peer.capture_offset = int(body.get("capture_offset", 0))
+        lag = body.get("lag", {})
+        peer.lag = {str(k): int(v) for k, v in lag.items()} if isinstance(lag, dict) else {}
+        if peer.lag.get(self.region) == 0:
+            peer.caught_up_on_us_ms = int(body.get("at_ms", 0))
+        peer.alive = True
+        if not was_alive:
+            reason = "first heartbeat" if old_epoch == 0 else "heard again after missing heartbeats"
+            log.info("peer up: peer=%s reason=%s", msg.sender, reason)
+            self.on_peer_up(msg.sender, reason)
+        elif old_epoch and peer.epoch != old_epoch:
+            log.info("peer restarted: peer=%s", msg.sender)
+            self.on_peer_up(msg.sender, "peer daemon restarted")
+
+    def check(self) -> list[str]:
+        """Mark peers silent for longer than the timeout as down; returns those."""
+        now = self.clock()
+        down = []
+        for peer in self.state.values():
+            if peer.alive and now - peer.last_seen > self.timeout_s:
+                peer.alive = False
+                down.append(peer.region)
+                log.warning("peer down: peer=%s silent_s=%.1f", peer.region, now - peer.last_seen)
+        return down
+
+    def alive(self) -> list[str]:
+        return [p.region for p in self.state.values() if p.alive]
+
+    def all_caught_up_before_ms(self) -> int:
+        """A wall time before which every peer has consumed everything we shipped (0 if a
+        peer has never reported that)."""
+        return min((p.caught_up_on_us_ms for p in self.state.values()), default=0)
+
+
+async def send_heartbeats(
+    channel: ControlChannel,
+    interval_s: float,
+    body: Callable[[], Awaitable[dict[str, Any]]],
+    stopping: asyncio.Event,
+) -> None:
+    """Send a heartbeat every interval until `stopping` is set (failures are logged)."""
+    while not stopping.is_set():
+        try:
+            await channel.send(HEARTBEAT, "*", **(await body()))
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat is not fatal
+            log.warning("heartbeat not sent: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval_s)

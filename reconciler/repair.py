@@ -1,0 +1,163 @@
+"""Shipping the winning state of keys to a peer that lost them (repair and resync).
+
+The state is read with `rr_read` (value and metadata together) and shipped as ordinary
+change events on this region's topic, targeted at the peer, whose applier resolves them
+with their clocks exactly like live replication. A key whose value no longer matches its
+metadata holds a local write not versioned yet: it is versioned instead (and so shipped to
+every region). Shipping is rate-limited so repair never starves live replication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import hiredis
+
+from replication.capture.versioner import VersionedChange, Versioner
+from replication.errors import DecodeError, UnsupportedTypeError
+from replication.event import ChangeEvent
+from replication.keys import INTERNAL_PREFIX, is_internal
+from replication.library import KeyState, parse_read_reply, parse_value, read_command
+from replication.metadata import Meta, decode_meta
+from replication.resp import RedisCommandError, RespConnection
+from replication.transport.producer import ChangeProducer
+from replication.value import Kind
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256
+
+
+class RateLimiter:
+    """A token bucket: `acquire(n)` waits until n tokens are available (rate per second)."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(rate, 1.0)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    async def acquire(self, n: float) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= min(n, self.capacity):
+                self.tokens -= n
+                return
+            await asyncio.sleep((min(n, self.capacity) - self.tokens) / self.rate)
+
+
+def event_from_state(db: int, state: KeyState, meta: Meta) -> ChangeEvent:
+    """The change event for a key's current state at the version its metadata names."""
+    kind = Kind.from_redis(state.kind_name)
+    return ChangeEvent(
+        db, state.key, kind, parse_value(kind, state.value), state.expire_at_ms, meta.clock,
+        meta.origin, meta.digest,
+    )  # fmt: skip
+
+
+class RepairShipper:
+    def __init__(
+        self,
+        conn: Callable[[int], Awaitable[RespConnection]],
+        versioner: Versioner,
+        producer: ChangeProducer,
+        *,
+        keys_per_s: float,
+        on_local_changes: Callable[[list[VersionedChange]], None],
+    ) -> None:
+        self._conn = conn
+        self.versioner = versioner
+        self.producer = producer
+        self.limiter = RateLimiter(keys_per_s)
+        self.on_local_changes = on_local_changes
+        self.shipped = 0
+
+    async def ship(self, db: int, keys: Sequence[bytes], target: str) -> int:
+        """Ship the current state of `keys` to `target`; returns events shipped."""
+        shipped = 0
+        for i in range(0, len(keys), READ_CHUNK):
+            shipped += await self._ship_chunk(db, list(keys[i : i + READ_CHUNK]), target)
+        return shipped
+
+    async def _ship_chunk(self, db: int, keys: list[bytes], target: str) -> int:
+        conn = await self._conn(db)
+        (reply,) = await conn.pipeline([read_command(keys)])
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisCommandError(f"reading keys for repair failed: {reply}")
+        now = time.time_ns() // 1_000_000
+        events: list[ChangeEvent] = []
+        unversioned: list[bytes] = []
+        for state in parse_read_reply(keys, reply):
+            try:
+                meta = decode_meta(state.meta_raw) if state.meta_raw else None
+            except DecodeError:
+                meta = None
+            if state.kind_name == "none" and (meta is None or meta.is_expired(now)):
+                continue  # nothing there, or an expiry: logically absent everywhere
+            if meta is None or state.digest != meta.digest:
+                unversioned.append(state.key)
+                continue
+            try:
+                events.append(event_from_state(db, state, meta))
+            except UnsupportedTypeError:
+                continue
+        if unversioned:
+            report = await self.versioner.version({db: unversioned})
+            if report.changes:
+                self.on_local_changes(report.changes)
+                shipment = await self.producer.ship([c.event for c in report.changes])
+                await shipment.wait()
+        if events:
+            await self.limiter.acquire(len(events))
+            shipment = await self.producer.ship(events, target=target)
+            await shipment.wait()
+        self.shipped += len(events) + len(unversioned)
+        return len(events) + len(unversioned)
+
+    async def ship_everything(self, db: int, target: str) -> int:
+        """Full resync: every key and every tombstone of `db`, streamed to `target`."""
+        shipped = 0
+        async for keys in self._all_keys(db):
+            shipped += await self.ship(db, keys, target)
+        return shipped
+
+    async def _all_keys(self, db: int) -> AsyncIterator[list[bytes]]:
+        conn = await self._conn(db)
+        cursor = b"0"
+        while True:
+            cursor, found = await conn.execute("SCAN", cursor, "COUNT", 1000)
+            keys = [k for k in found if not is_internal(k)]
+            if keys:
+                yield keys
+            if cursor == b"0":
+                break
+        # Tombstones: deletes the rebuilt region must learn too (absent keys, metadata left).
+        cursor = b"0"
+        while True:
+            cursor, metas = await conn.execute(
+                "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 1000
+            )
+            for meta_key in metas:
+                hcursor = b"0"
+                while True:
+                    hcursor, flat = await conn.execute("HSCAN", meta_key, hcursor, "COUNT", 1000)
+                    gone = [k for k, raw in zip(flat[::2], flat[1::2], strict=True)
+                            if _is_tombstone(raw)]  # fmt: skip
+                    if gone:
+                        yield gone
+                    if hcursor == b"0":
+                        break
+            if cursor == b"0":
+                break
+
+
+def _is_tombstone(raw: bytes) -> bool:
+    try:
+        return decode_meta(raw).deleted
+    except DecodeError:
+        return False

@@ -1,0 +1,99 @@
+"""Garbage collection of metadata that no longer protects anything.
+
+- A tombstone (a delete's metadata) must outlive every stale write that could still arrive,
+  or that write would bring the key back. It is removed once it is older than `min_age_s`
+  and every peer has reported, in a heartbeat taken after the delete, that it had consumed
+  all of this region's changes; or, whatever the peers say, once older than `horizon_s`
+  (a region down for longer than the horizon must be rebuilt with a full resync).
+- The metadata of an expired key is removed `min_age_s` after the expiry: the value is gone
+  in every region at the same absolute time, and any newer write carries a newer clock.
+
+Each removal is a compare-and-delete (`rr_forget`): an entry that changed meanwhile stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from reconciler.merkle import MerkleTree, leaf_entries
+from replication.hlc import physical_ms
+from replication.keys import INTERNAL_PREFIX
+from replication.library import forget_command
+from replication.metadata import Meta
+from replication.resp import RespConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GcResult:
+    scanned: int = 0
+    tombstones_removed: int = 0
+    expired_removed: int = 0
+
+
+def removable(
+    meta: Meta, now: int, *, caught_up_before_ms: int, min_age_ms: int, horizon_ms: int
+) -> bool:
+    """Whether a metadata entry may be forgotten now (see the module doc)."""
+    if meta.deleted:
+        written = physical_ms(meta.hlc)
+        age = now - written
+        if age > horizon_ms:
+            return True
+        return age > min_age_ms and written < caught_up_before_ms
+    return meta.is_expired(now) and now - meta.expire_at_ms > min_age_ms
+
+
+async def collect(
+    conn: RespConnection,
+    tree: MerkleTree,
+    now: int,
+    *,
+    caught_up_before_ms: int,
+    min_age_ms: int,
+    horizon_ms: int,
+) -> GcResult:
+    """One pass over every metadata hash of the connection's database."""
+    result = GcResult()
+    cursor = b"0"
+    while True:
+        cursor, meta_keys = await conn.execute(
+            "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 500
+        )
+        for meta_key in meta_keys:
+            hcursor = b"0"
+            while True:
+                hcursor, flat = await conn.execute("HSCAN", meta_key, hcursor, "COUNT", 1000)
+                entries = leaf_entries(flat)
+                raw = dict(zip(flat[::2], flat[1::2], strict=True))
+                result.scanned += len(entries)
+                doomed = [
+                    (k, m)
+                    for k, m in entries.items()
+                    if removable(
+                        m, now, caught_up_before_ms=caught_up_before_ms,
+                        min_age_ms=min_age_ms, horizon_ms=horizon_ms,
+                    )
+                ]  # fmt: skip
+                if doomed:
+                    replies = await conn.pipeline([forget_command(k, raw[k]) for k, _ in doomed])
+                    for (key, meta), removed in zip(doomed, replies, strict=True):
+                        if removed != 1:
+                            continue
+                        if meta.deleted:
+                            result.tombstones_removed += 1
+                        else:
+                            result.expired_removed += 1
+                            tree.update(key, meta.digest, b"")
+                if hcursor == b"0":
+                    break
+        if cursor == b"0":
+            break
+    if result.tombstones_removed or result.expired_removed:
+        log.info(
+            "metadata gc: scanned=%d tombstones_removed=%d expired_removed=%d",
+            result.scanned, result.tombstones_removed, result.expired_removed,
+        )  # fmt: skip
+    return result

@@ -1,0 +1,182 @@
+"""The applier: remote change events into the local Redis, one atomic `rr_apply` per event,
+pipelined. The script compares clocks, writes value, expiry and metadata together, and
+refuses to overwrite a local write the capture has not versioned yet (`deferred`): the
+caller versions those keys (so the local write is shipped, never lost) and applies again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import hiredis
+
+from replication.conflicts import ConflictRecord
+from replication.errors import DecodeError
+from replication.event import ChangeEvent, Version
+from replication.hlc import HybridClock
+from replication.library import (
+    apply_command,
+    ensure_library,
+    is_missing_function,
+    parse_apply_reply,
+)
+from replication.metadata import decode_meta
+from replication.resp import RedisAddress, RedisCommandError, RespConnection
+
+log = logging.getLogger(__name__)
+
+PIPELINE_EVENTS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DigestChange:
+    """A key's live digest changed (b"" = no live value): what the Merkle index needs."""
+
+    db: int
+    key: bytes
+    old: bytes
+    new: bytes
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    applied: int = 0
+    stale: int = 0
+    remote_won: int = 0
+    local_won: int = 0
+    deferred: list[ChangeEvent] = field(default_factory=list)
+    rejected: list[tuple[ChangeEvent, str]] = field(default_factory=list)
+    conflicts: list[ConflictRecord] = field(default_factory=list)
+    digest_changes: list[DigestChange] = field(default_factory=list)
+
+    def merge(self, other: ApplyReport) -> None:
+        self.applied += other.applied
+        self.stale += other.stale
+        self.remote_won += other.remote_won
+        self.local_won += other.local_won
+        self.deferred += other.deferred
+        self.rejected += other.rejected
+        self.conflicts += other.conflicts
+        self.digest_changes += other.digest_changes
+
+
+class Applier:
+    """Applies remote events to one region's Redis. `start()`/`stop()`, or `async with`."""
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        region: str,
+        clock: HybridClock,
+        retired: frozenset[str] = frozenset(),
+    ) -> None:
+        self.address = address
+        self.region = region
+        self.clock = clock
+        self.retired_csv = ",".join(sorted(retired))
+        self._conns: dict[int, RespConnection] = {}
+
+    async def start(self) -> None:
+        await self._conn(self.address.db)
+
+    async def stop(self) -> None:
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            await conn.close()
+
+    async def __aenter__(self) -> Applier:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _conn(self, db: int) -> RespConnection:
+        conn = self._conns.get(db)
+        if conn is None or conn.closed:
+            a = self.address
+            conn = await RespConnection.open(
+                RedisAddress(a.host, a.port, db, a.username, a.password)
+            )
+            try:
+                await ensure_library(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conns[db] = conn
+        return conn
+
+    async def apply(self, events: Sequence[ChangeEvent], source: str = "") -> ApplyReport:
+        """Apply events (any dbs, any order); returns outcomes, conflicts, digest changes."""
+        report = ApplyReport()
+        by_db: dict[int, list[ChangeEvent]] = {}
+        for event in events:
+            by_db.setdefault(event.db, []).append(event)
+        top = 0
+        for db, db_events in by_db.items():
+            for i in range(0, len(db_events), PIPELINE_EVENTS):
+                chunk = db_events[i : i + PIPELINE_EVENTS]
+                await self._apply_chunk(db, chunk, source, report)
+                top = max(top, *(e.hlc for e in chunk))
+        if top:
+            self.clock.observe(top)  # our next writes sort after what we have seen
+        return report
+
+    async def _apply_chunk(
+        self, db: int, events: list[ChangeEvent], source: str, report: ApplyReport
+    ) -> None:
+        conn = await self._conn(db)
+        commands = [apply_command(e, self.region, self.retired_csv) for e in events]
+        replies = await conn.pipeline(commands)
+        if any(is_missing_function(r) for r in replies):
+            await ensure_library(conn)
+            replies = await conn.pipeline(commands)
+        now = time.time_ns() // 1_000_000
+        for event, reply in zip(events, replies, strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
+                    report.rejected.append((event, f"redis refused the write: {reply}"))
+                    continue
+                raise RedisCommandError(f"applying an event in db {db} failed: {reply}")
+            result = parse_apply_reply(reply)
+            outcome = result.outcome
+            if outcome == "stale":
+                report.stale += 1
+                continue
+            if outcome == "deferred":
+                report.deferred.append(event)
+                continue
+            if outcome == "bad-digest":
+                report.rejected.append((event, "digest does not match the value"))
+                continue
+            if outcome in ("conflict-remote-won", "conflict-local-won"):
+                if outcome == "conflict-remote-won":
+                    report.remote_won += 1
+                else:
+                    report.local_won += 1
+                self._record_conflict(event, result.old_meta, source, now, report)
+                if outcome == "conflict-local-won":
+                    continue
+            else:
+                report.applied += 1
+            new = b"" if event.deleted else event.digest
+            if new != result.old_digest:
+                report.digest_changes.append(DigestChange(db, event.key, result.old_digest, new))
+
+    def _record_conflict(
+        self, event: ChangeEvent, old_meta: bytes, source: str, now: int, report: ApplyReport
+    ) -> None:
+        try:
+            meta = decode_meta(old_meta)
+        except DecodeError as exc:
+            log.warning("conflict without readable local metadata: %s", exc)
+            return
+        local = Version(meta.clock, meta.origin, meta.digest)
+        report.conflicts.append(
+            ConflictRecord.of(
+                event.db, event.key, local, event.version, source=source or event.origin, at_ms=now
+            )
+        )

@@ -1,0 +1,151 @@
+"""Inbound: peers' change topics applied to the local Redis, then offsets committed.
+
+A `deferred` event means the key holds a local write the capture has not versioned yet. We
+version those keys here (shipping the local write, so it is never lost) and apply again:
+now it is an ordinary, recorded conflict, resolved by the rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from aiokafka.errors import KafkaError
+
+from replication.applier import Applier, ApplyReport
+from replication.backoff import Backoff, retrying
+from replication.capture.versioner import VersionedChange, Versioner
+from replication.event import ChangeEvent
+from replication.transport.consumer import ChangeConsumer, Incoming
+from replication.transport.deadletter import DeadLetters
+from replication.transport.producer import ChangeProducer
+from replication.wire import encode_batch
+
+log = logging.getLogger(__name__)
+
+MAX_DEFER_ROUNDS = 20
+
+
+@dataclass
+class InboundStats:
+    polls: int = 0
+    events: int = 0
+    applied: int = 0
+    stale: int = 0
+    remote_won: int = 0
+    local_won: int = 0
+    deferred: int = 0
+    rejected: int = 0
+    commits: int = 0
+
+
+class Inbound:
+    def __init__(
+        self,
+        consumer: ChangeConsumer,
+        applier: Applier,
+        versioner: Versioner,
+        producer: ChangeProducer,
+        dead_letters: DeadLetters,
+        *,
+        on_applied: Callable[[ApplyReport], None],
+        on_local_changes: Callable[[list[VersionedChange]], None],
+        max_records: int = 500,
+    ) -> None:
+        self.consumer = consumer
+        self.applier = applier
+        self.versioner = versioner
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.on_applied = on_applied
+        self.on_local_changes = on_local_changes
+        self.max_records = max_records
+        self.stats = InboundStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run()` to return after applying and committing what it holds."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            incoming = await self.consumer.poll(timeout_ms=200, max_records=self.max_records)
+            self.stats.polls += 1
+            if incoming:
+                await self.process(incoming)
+                await self._commit()
+
+    async def _commit(self) -> None:
+        backoff = Backoff(base_s=0.1, cap_s=5.0)
+        while True:
+            try:
+                await self.consumer.commit()
+                self.stats.commits += 1
+                return
+            except KafkaError as exc:
+                if self._stopping.is_set() and backoff.attempt >= 5:
+                    # Shutting down: uncommitted events are re-applied after restart
+                    # (idempotent), so giving up here loses nothing.
+                    log.warning("final offset commit failed, will re-apply on start: %s", exc)
+                    return
+                log.warning("offset commit failed, retrying: %s", exc)
+                await backoff.sleep()
+
+    async def process(self, incoming: list[Incoming]) -> ApplyReport:
+        """Apply a poll's batches; returns the combined report."""
+        total = ApplyReport()
+        for item in incoming:
+            report = await retrying(
+                partial(self.applier.apply, item.batch.events, item.batch.source),
+                what="applying a batch",
+            )
+            if report.deferred:
+                await self._settle_deferred(report, item.batch.source)
+            for event, reason in report.rejected:
+                payload = encode_batch(item.batch.source, [event])
+                await self.dead_letters.send(
+                    payload, reason, topic=item.topic, partition=item.partition,
+                    offset=item.offset,
+                )  # fmt: skip
+            total.merge(report)
+            self.stats.events += len(item.batch.events)
+        s = self.stats
+        s.applied += total.applied
+        s.stale += total.stale
+        s.remote_won += total.remote_won
+        s.local_won += total.local_won
+        s.rejected += len(total.rejected)
+        self.on_applied(total)
+        return total
+
+    async def _settle_deferred(self, report: ApplyReport, source: str) -> None:
+        backoff = Backoff(base_s=0.01, cap_s=1.0)
+        pending: list[ChangeEvent] = report.deferred
+        report.deferred = []
+        rounds = 0
+        while pending:
+            rounds += 1
+            self.stats.deferred += len(pending)
+            keys: dict[int, set[bytes]] = {}
+            for event in pending:
+                keys.setdefault(event.db, set()).add(event.key)
+            local = await retrying(
+                partial(self.versioner.version, keys), what="versioning deferred keys"
+            )
+            if local.changes:
+                self.on_local_changes(local.changes)
+                shipment = await self.producer.ship([c.event for c in local.changes])
+                await shipment.wait()
+            retry = await retrying(
+                partial(self.applier.apply, pending, source), what="re-applying deferred events"
+            )
+            pending = retry.deferred
+            retry.deferred = []
+            report.merge(retry)
+            if pending and rounds >= MAX_DEFER_ROUNDS:
+                # Local writes keep racing these keys; never drop, just slow down.
+                log.warning("still deferred after %d rounds: %d events", rounds, len(pending))
+                await backoff.sleep()

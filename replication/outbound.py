@@ -1,0 +1,117 @@
+"""Outbound: the region's change stream, versioned, shipped to Kafka, then acknowledged.
+
+    source.batches() -> versioner.version() -> producer.ship() -> (Kafka acks) -> source.ack()
+
+Up to `max_in_flight` batches may be waiting for Kafka while the next ones are versioned;
+acknowledgements go back to the source strictly in stream order, and only once Kafka has
+every record of the batch and of all batches before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from replication.backoff import retrying
+from replication.capture.batch import CaptureBatch, ChangeSource, Gap
+from replication.capture.versioner import VersionedChange, Versioner
+from replication.transport.producer import ChangeProducer, Shipment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OutboundStats:
+    batches: int = 0
+    commands: int = 0
+    changes: int = 0
+    reshipped: int = 0
+    echoes: int = 0
+    unsupported: int = 0
+    acked_offset: int = 0
+
+
+class Outbound:
+    """Runs until `stop()`; then finishes what is in flight, acknowledges it, and returns."""
+
+    def __init__(
+        self,
+        source: ChangeSource,
+        versioner: Versioner,
+        producer: ChangeProducer,
+        *,
+        on_gap: Callable[[Gap], Awaitable[None]],
+        on_flush: Callable[[frozenset[int]], Awaitable[None]],
+        on_changes: Callable[[list[VersionedChange]], None],
+        max_in_flight: int = 8,
+    ) -> None:
+        self.source = source
+        self.versioner = versioner
+        self.producer = producer
+        self.on_gap = on_gap
+        self.on_flush = on_flush
+        self.on_changes = on_changes
+        self.stats = OutboundStats()
+        # (end offset, shipment) per batch in stream order; None marks the end.
+        self._in_flight: asyncio.Queue[tuple[int | None, Shipment | None] | None] = asyncio.Queue(
+            max_in_flight
+        )
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run()` to stop reading and drain."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(self._read())
+            acker = group.create_task(self._ack())
+            await self._stopping.wait()
+            reader.cancel()  # stop reading; what is already in flight still completes
+            try:
+                await reader
+            except asyncio.CancelledError:
+                if not reader.cancelled():
+                    raise
+            await self._in_flight.put(None)  # the acker finishes what is queued, then returns
+            await acker
+
+    async def _read(self) -> None:
+        async for batch in self.source.batches():
+            await self.handle(batch)
+
+    async def handle(self, batch: CaptureBatch) -> None:
+        """Version one capture batch and hand its events to Kafka."""
+        if batch.flushed_dbs:
+            await self.on_flush(batch.flushed_dbs)
+        if batch.gap is not None:
+            await self.on_gap(batch.gap)
+        shipment = None
+        if batch.keys:
+            # The same batch is retried while Redis is unreachable: skipping it would lose
+            # its writes (the stream moves on; its offset would be acknowledged).
+            report = await retrying(
+                lambda: self.versioner.version(batch.keys, replay=batch.replay),
+                what="versioning a capture batch",
+            )
+            self.stats.reshipped += report.reshipped
+            self.stats.echoes += report.echoes
+            self.stats.unsupported += len(report.unsupported)
+            if report.changes:
+                self.on_changes(report.changes)
+                shipment = await self.producer.ship([c.event for c in report.changes])
+                self.stats.changes += len(report.changes)
+        self.stats.batches += 1
+        self.stats.commands += batch.commands
+        await self._in_flight.put((batch.end_offset, shipment))
+
+    async def _ack(self) -> None:
+        while (item := await self._in_flight.get()) is not None:
+            offset, shipment = item
+            if shipment is not None:
+                await shipment.wait()
+            if offset is not None:
+                await self.source.ack(offset)
+                self.stats.acked_offset = offset

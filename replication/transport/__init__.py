@@ -1,0 +1,1 @@
+"""Kafka transport: topics, the change producer, the change consumer, dead letters."""

@@ -1,0 +1,139 @@
+"""The change consumer: every peer's change topic, in one consumer group per region.
+
+Offsets are committed manually, after the events of a poll have been applied
+(at-least-once; applying is idempotent by clocks). A record that cannot be decoded, or
+claims to come from another region than its topic's, is a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from replication.errors import DecodeError
+from replication.keys import changes_topic
+from replication.transport.deadletter import DeadLetters
+from replication.transport.producer import TARGET_HEADER
+from replication.transport.settings import KafkaSettings
+from replication.wire import EventBatch, decode_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    batch: EventBatch
+
+
+class ChangeConsumer:
+    """Reads peers' change topics. `start()`/`stop()`, or `async with`."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        region: str,
+        peers: list[str],
+        dead_letters: DeadLetters,
+        *,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.region = region
+        self.dead_letters = dead_letters
+        self.topics = {changes_topic(settings.topic_prefix, p): p for p in peers}
+        self.group_id = group_id or f"{settings.topic_prefix}.applier.{region}"
+        self._consumer: AIOKafkaConsumer | None = None
+        self.records = 0
+        self.events = 0
+        self.skipped = 0  # records targeted at another region
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.topics,
+            **self.settings.client_options(),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self.settings.max_message_bytes,
+            fetch_max_bytes=max(self.settings.max_message_bytes, 52_428_800),
+        )
+        await consumer.start()
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> ChangeConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def kafka(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("ChangeConsumer used before start()")
+        return self._consumer
+
+    async def poll(self, *, timeout_ms: int = 200, max_records: int = 500) -> list[Incoming]:
+        """Fetch and decode what is available; dead-letters what does not decode."""
+        fetched = await self.kafka.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        incoming: list[Incoming] = []
+        for tp, records in fetched.items():
+            expected_source = self.topics.get(tp.topic)
+            for record in records:
+                self.records += 1
+                if record.headers and not self._for_us(record.headers):
+                    self.skipped += 1
+                    continue
+                payload = record.value or b""
+                try:
+                    batch = decode_batch(payload, max_bytes=self.settings.max_message_bytes)
+                    if batch.source != expected_source:
+                        raise DecodeError(
+                            f"batch claims source {batch.source!r} on {expected_source}'s topic"
+                        )
+                except DecodeError as exc:
+                    await self.dead_letters.send(
+                        payload, str(exc), topic=tp.topic, partition=tp.partition,
+                        offset=record.offset,
+                    )  # fmt: skip
+                    continue
+                self.events += len(batch.events)
+                incoming.append(Incoming(tp.topic, tp.partition, record.offset, batch))
+        return incoming
+
+    def _for_us(self, headers: Sequence[tuple[str, bytes]]) -> bool:
+        for name, value in headers:
+            if name == TARGET_HEADER:
+                return value.decode(errors="replace") == self.region
+        return True
+
+    async def commit(self) -> None:
+        """Commit the positions of everything polled so far."""
+        await self.kafka.commit()
+
+    async def lag(self) -> dict[str, int]:
+        """Records not yet consumed, per peer region (for heartbeats and metrics)."""
+        consumer = self.kafka
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await consumer.position(tp)
+            peer = self.topics.get(tp.topic, tp.topic)
+            lag[peer] = lag.get(peer, 0) + max(0, end - position)
+        return lag
+
+    def assigned(self) -> set[TopicPartition]:
+        return set(self.kafka.assignment())
