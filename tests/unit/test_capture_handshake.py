@@ -74,7 +74,7 @@ def test_rdb_is_skipped_when_fed_one_byte_at_a_time(name: str) -> None:
     check(parser, stream, name)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     name=st.sampled_from(sorted(CASES)),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
