@@ -69,7 +69,7 @@ def test_an_intermittent_fault_below_the_threshold_never_fails_over(
 
 
 @pytest.mark.timeout(90)
-async def test_a_fault_above_the_threshold_fails_over_once_and_never_flaps(
+async def test_an_intermittent_fault_above_the_threshold_fails_over_once_and_never_flaps(
     three_regions: dict[str, RedisServer],
 ) -> None:
     servers = list(three_regions.values())
@@ -100,31 +100,44 @@ async def test_a_fault_above_the_threshold_fails_over_once_and_never_flaps(
     ):
         # The daemon keeps saying "consistent" throughout: only the network decides here.
         await asyncio.to_thread(daemon.set, "consistent")
-        # A 50% loss is above a 30% threshold, and lets about half the probes through: the
-        # failback rule (every probe answered for 2 s) is what keeps traffic from flapping.
+        # A link that is cut 0.3 s out of every 0.6 s: about half the requests fail (above
+        # the 20% threshold) and probes get through in every good half-period, but never
+        # for the 2 s of uninterrupted health failback requires: no flapping.
         policy = PolicyConfig(
-            **{**POLICY.__dict__, "error_rate_threshold": 0.3, "failback_healthy_s": 2.0}
+            **{**POLICY.__dict__, "error_rate_threshold": 0.2, "failback_healthy_s": 2.0}
         )
         config = config_for(urls_via_proxy(three_regions, proxy), policy)
+        flapping = asyncio.Event()
+
+        async def flap_the_link() -> None:
+            for cut in itertools.cycle((True, False)):
+                if not flapping.is_set():
+                    return
+                fault = Fault.cut_off() if cut else Fault.none()
+                await asyncio.to_thread(proxy.set_fault, fault)
+                await asyncio.sleep(0.3)
+
         async with AsyncFailoverClient(config) as client, asyncio.TaskGroup() as group:
             for n in range(THREADS):
                 group.create_task(worker(n, client))
             try:
                 await await_for(lambda: sum(c.acked for c in counts) > 300, timeout_s=20,
                                 what="traffic")  # fmt: skip
-                proxy.set_fault(Fault.drop_requests(0.5))
+                flapping.set()
+                flapper = group.create_task(flap_the_link())
                 await await_for(lambda: client.active_region == SECOND,
                                 timeout_s=policy.window_s + SLACK_S, what="failover")  # fmt: skip
-                # Some probes get through, not every one: for three healthy-times, no way back.
                 until = time.monotonic() + 3 * policy.failback_healthy_s
                 while time.monotonic() < until:
                     assert client.active_region == SECOND, client.router.snapshot().events
                     await asyncio.sleep(0.02)
                 assert client.router.snapshot().regions[0].probes_ok > 0, "no probe got through"
-                proxy.set_fault(Fault.none())
+                flapping.clear()
+                await flapper
+                await asyncio.to_thread(proxy.set_fault, Fault.none())
                 await await_for(lambda: client.active_region == HOME,
                                 timeout_s=policy.failback_healthy_s + SLACK_S,
-                                what="failback once the fault is gone")  # fmt: skip
+                                what="failback once the link is stable")  # fmt: skip
                 acked = sum(c.acked for c in counts)
                 await await_for(lambda: sum(c.acked for c in counts) > acked + 100, timeout_s=20,
                                 what="traffic after failback")  # fmt: skip
