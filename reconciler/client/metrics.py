@@ -9,6 +9,7 @@ passes its own). No HTTP server starts unless :meth:`ClientMetrics.serve` is cal
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -188,10 +189,13 @@ class ClientMetrics:
         return text
 
     def close(self) -> None:
-        """Stop the HTTP endpoint (if any) and unregister. Safe to call twice."""
+        """Stop the HTTP endpoint (if any) and leave the registry. Safe to call twice."""
         with self._lock:
             server, thread = self._server, self._thread
             self._server = self._thread = None
+            # A shared registry must stop reporting a closed client.
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(self._collector)
         if server is not None:
             server.shutdown()
             server.server_close()

@@ -145,3 +145,19 @@ def test_the_monitor_table_shows_each_client_its_active_region_and_last_event() 
     assert lines[-1] == "2 client(s), 1 undecodable record(s) skipped"
     stale = table.render(now_ms=60_000)
     assert "(stale)" in stale
+
+
+def test_clients_sharing_a_registry_report_side_by_side_until_closed() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    shared = CollectorRegistry()
+    first = ClientMetrics("first", busy_router(), shared)
+    second = ClientMetrics("second", busy_router(), shared)
+    text = generate_latest(shared).decode()
+    assert 'client_id="first"' in text
+    assert 'client_id="second"' in text
+    first.close()
+    text = generate_latest(shared).decode()
+    assert 'client_id="first"' not in text
+    assert 'client_id="second"' in text
+    second.close()
