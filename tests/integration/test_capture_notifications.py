@@ -19,9 +19,9 @@ from replication.capture.notifications import missing_flags
 from tests.integration.test_capture_stream import (
     DEADLINE_S,
     Reader,
-    _gone,
     client,
     clients,
+    key_is_gone,
     keys_of,
     poll,
     source_for,
@@ -87,7 +87,7 @@ async def test_notifications_report_the_same_keys_as_the_stream_for_the_same_wri
         for _, write, _ in write_steps(r0, r1, r2):
             await write()
         await r0.set("short-lived", "v", px=30)
-        await poll(lambda: _gone(r0, "short-lived"), "the key to expire")
+        await poll(lambda: key_is_gone(r0, "short-lived"), "the key to expire")
         await r0.set("marker", "v")
 
         from_stream = keys_of(await reader.caught_up(r0))

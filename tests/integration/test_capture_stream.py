@@ -198,7 +198,7 @@ async def test_initial_sync_skips_the_rdb_then_every_write_yields_exactly_its_ke
             # An expiry reaches the stream as a DEL of the key: it is touched.
             await r0.set("short-lived", "v", px=30)
             assert keys_of(await reader.caught_up(r0)) == {0: {b"short-lived"}}
-            await poll(lambda: _gone(r0, "short-lived"), "the key to expire")
+            await poll(lambda: key_is_gone(r0, "short-lived"), "the key to expire")
             assert keys_of(await reader.caught_up(r0)) == {0: {b"short-lived"}}
 
             # FLUSHDB: not replicated, reported as a flushed db and a "flush" gap.
@@ -218,7 +218,7 @@ async def test_initial_sync_skips_the_rdb_then_every_write_yields_exactly_its_ke
             )
 
 
-async def _gone(redis: aioredis.Redis, key: str) -> bool:
+async def key_is_gone(redis: aioredis.Redis, key: str) -> bool:
     return await redis.get(key) is None  # a read also triggers the lazy expiry
 
 
@@ -301,6 +301,27 @@ async def test_restart_from_the_persisted_position_continues_and_marks_the_repla
             live = await reader.caught_up(redis)
             assert keys_of(live) == {0: {b"live"}}
             assert not any(batch.replay for batch in live)
+
+
+async def test_acks_are_persisted_while_running_not_only_at_stop(
+    primary: RedisServer, tmp_path: Path
+) -> None:
+    # A daemon killed -9 replays only from the last save: saves must happen while running.
+    async with client(primary) as redis, source_for(primary, tmp_path) as source:
+        reader = Reader(source)
+        await reader.next()
+        store = source.position_store
+        assert store is not None
+        for round_ in range(3):
+            await redis.set(f"k{round_}", "v")
+            acked = (await reader.caught_up(redis))[-1].end_offset
+
+            async def saved(offset: int | None = acked) -> bool:
+                position = store.load()
+                return position is not None and position.offset == offset
+
+            await poll(saved, f"position {acked} on disk")
+        assert source.position == store.load()
 
 
 async def test_a_redis_killed_and_restarted_is_a_full_resync_gap(
