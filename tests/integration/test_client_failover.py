@@ -131,8 +131,9 @@ class DaemonStub:
 
     async def _main(self) -> None:
         client = aioredis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 120  # no test lasts this long; the loop stays bounded
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and time.monotonic() < deadline:
                 state = self._state
                 if state is not None:
                     status = RegionStatus.now(state, self.region, since_ms=self._since_ms)
