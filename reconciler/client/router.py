@@ -280,7 +280,7 @@ class Router:
                 region.next_probe_at = now + policy.probe_interval_s + region.backoff.next_delay()
                 log.debug("probe failed region=%s detail=%s", region.name, detail)
             if all(r.state is RegionState.FAILED for r in self._regions):
-                self._reselect(now, "every region has failed; degraded choice", events)
+                self._reselect("every region has failed; degraded choice", events)
         self._dispatch(events)
 
     # -- views ------------------------------------------------------------------------
@@ -379,7 +379,7 @@ class Router:
         region.window.reset(now)
         active = self.names[self.active]
         events.append(self._event("region_down", region.name, active, active, reason))
-        self._reselect(now, reason, events)
+        self._reselect(reason, events)
         for wakeup in self._wakeups:
             wakeup()
 
@@ -395,7 +395,7 @@ class Router:
         region.window.reset(now)
         active = self.names[self.active]
         events.append(self._event("region_up", region.name, active, active, reason))
-        self._reselect(now, reason, events)
+        self._reselect(reason, events)
 
     def _choose(self) -> int:
         for region in self._regions:
@@ -406,8 +406,7 @@ class Router:
                 return region.index
         return self.active
 
-    def _reselect(self, now: float, reason: str, events: list[Event]) -> None:
-        del now  # kept for symmetry with the other transitions
+    def _reselect(self, reason: str, events: list[Event]) -> None:
         chosen = self._choose()
         if chosen == self.active:
             return
