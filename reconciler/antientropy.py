@@ -177,7 +177,8 @@ class AntiEntropy:
         self.settings = settings
         self.reports_dir = reports_dir
         self._seq = itertools.count(1)
-        self._pending: dict[tuple[str, int], asyncio.Future[ControlMessage]] = {}
+        # (session, seq) -> (peer, future of its reply)
+        self._pending: dict[tuple[str, int], tuple[str, asyncio.Future[ControlMessage]]] = {}
         self._answering: set[asyncio.Task[None]] = set()
         self.sessions_ok = 0
         self.sessions_failed = 0
@@ -189,20 +190,28 @@ class AntiEntropy:
         """Control-channel handler for "ae." messages."""
         if msg.type == REPLY:
             seq = msg.body.get("seq")
-            fut = self._pending.pop((msg.session, seq), None) if isinstance(seq, int) else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            entry = self._pending.pop((msg.session, seq), None) if isinstance(seq, int) else None
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(msg)
         elif msg.type.startswith(REQUEST):
             # Answer in a task: the control loop must stay free to deliver replies.
             task = asyncio.create_task(self._answer(msg))
             self._answering.add(task)
             task.add_done_callback(self._answering.discard)
 
+    def abort_peer(self, peer: str, reason: str) -> None:
+        """Fail at once every request waiting on `peer` (it went down or restarted), rather
+        than letting each wait for its timeout."""
+        for key, (who, fut) in list(self._pending.items()):
+            if who == peer and not fut.done():
+                fut.set_exception(SessionError(f"peer {peer} {reason}"))
+                self._pending.pop(key, None)
+
     async def stop(self) -> None:
         for task in list(self._answering):
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
-        for fut in self._pending.values():
+        for _, fut in self._pending.values():
             fut.cancel()
 
     async def _request(
@@ -215,7 +224,7 @@ class AntiEntropy:
     ) -> dict[str, Any]:
         seq = next(self._seq)
         fut: asyncio.Future[ControlMessage] = asyncio.get_running_loop().create_future()
-        self._pending[(session, seq)] = fut
+        self._pending[(session, seq)] = (report.peer, fut)
         try:
             sent = await self.channel.send(REQUEST + op, report.peer, session, seq=seq, **body)
             try:

@@ -39,7 +39,7 @@ from reconciler.config import DaemonConfig
 from reconciler.control import ControlChannel
 from reconciler.merkle import MerkleTree, rebuild
 from reconciler.metrics import DaemonCollector
-from reconciler.peers import Peers, send_heartbeats
+from reconciler.peers import BYE, Peers, send_heartbeats
 from reconciler.repair import RepairShipper
 from reconciler.reports import RepairReport
 from reconciler.status import RegionStatus, write_status
@@ -73,6 +73,7 @@ class RepairRequest:
     trigger: str
     mode: str = "repair"
     done: asyncio.Future[RepairReport] | None = None
+    operator: bool = False
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Daemon:
             list(config.peers),
             timeout_s=config.heartbeat.peer_timeout_s,
             on_peer_up=self._on_peer_up,
+            on_peer_down=self._on_peer_down,
         )
         self.shipper = RepairShipper(
             self.conn,
@@ -258,6 +260,10 @@ class Daemon:
         log.warning("local flush of dbs %s: refilling from peers", sorted(dbs))
         # The gap that comes with the flush triggers the recovery.
 
+    def _on_peer_down(self, peer: str, reason: str) -> None:
+        self.state.pending_peers.add(peer)  # when it is back, it gets a session
+        self.antientropy.abort_peer(peer, reason)
+
     def _on_peer_up(self, peer: str, reason: str) -> None:
         if peer in self.state.pending_peers or reason != "first heartbeat":
             self.request_repair(peer, f"peer up: {reason}")
@@ -301,7 +307,7 @@ class Daemon:
         self._queued.add(key)
         loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[RepairReport] = loop.create_future()
-        self._repairs.put_nowait(RepairRequest(peer, trigger, mode, done))
+        self._repairs.put_nowait(RepairRequest(peer, trigger, mode, done, operator))
         return done
 
     async def operator_session(self, peer: str, mode: str, trigger: str) -> RepairReport:
@@ -323,9 +329,16 @@ class Daemon:
             if request.mode in ("repair", "resync"):
                 self._update_status()
             try:
+                if not request.operator:
+                    await self._settle(request.peer)
+                    if request.peer not in self.peers.alive():
+                        # It went away meanwhile; it stays pending and its return
+                        # triggers the session.
+                        continue
                 report = await self.antientropy.run(request.peer, request.trigger, request.mode)
             finally:
                 self.state.sessions_running -= 1
+                self._update_status()
             if request.done is not None and not request.done.done():
                 request.done.set_result(report)
             if request.mode in ("repair", "resync"):
@@ -336,6 +349,18 @@ class Daemon:
                 else:
                     self._spawn(self._retry_later(request.peer, request.trigger))
             self._update_status()
+
+    async def _settle(self, peer: str) -> None:
+        """Wait until replication with `peer` has caught up both ways (bounded): what is
+        still in flight is not divergence, and repairing it would ship it twice."""
+        deadline = time.monotonic() + self.config.antientropy.settle_timeout_s
+        while time.monotonic() < deadline:
+            ours = (await self.consumer.lag()).get(peer)
+            theirs = self.peers.state[peer].lag.get(self.region)
+            if ours == 0 and theirs == 0:
+                return
+            await asyncio.sleep(0.2)
+        log.info("replication with %s not caught up; repairing anyway", peer)
 
     async def _retry_later(self, peer: str, trigger: str) -> None:
         await asyncio.sleep(self.config.antientropy.retry_interval_s)
@@ -413,8 +438,7 @@ class Daemon:
                 await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def _status_tick(self) -> None:
-        for peer in self.peers.check():
-            self.state.pending_peers.add(peer)  # when it returns, it gets a session
+        self.peers.check()
         self._update_status()
         await self._write_status()
         self._save_clock_floor()
@@ -542,6 +566,9 @@ class Daemon:
                 group.create_task(self._every(cfg.tombstones.gc_interval_s, self._gc_tick)),
             ]
             await self._stopping.wait()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.control.send(BYE, "*")
             try:
                 async with asyncio.timeout(STOP_DEADLINE_S):
                     await asyncio.gather(*main)

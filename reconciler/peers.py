@@ -21,6 +21,7 @@ from reconciler.control import ControlChannel, ControlMessage
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "hb"
+BYE = "hb.bye"  # sent on a graceful stop, so peers need not wait for the timeout
 
 
 @dataclass
@@ -44,18 +45,28 @@ class Peers:
         *,
         timeout_s: float,
         on_peer_up: Callable[[str, str], None],
+        on_peer_down: Callable[[str, str], None] = lambda peer, reason: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.region = region
         self.timeout_s = timeout_s
         self.on_peer_up = on_peer_up
+        self.on_peer_down = on_peer_down
         self.clock = clock
         self.state = {p: PeerState(p) for p in peers}
 
     async def handle(self, msg: ControlMessage) -> None:
         """Control-channel handler for heartbeats."""
         peer = self.state.get(msg.sender)
-        if peer is None or msg.type != HEARTBEAT:
+        if peer is None:
+            return
+        if msg.type == BYE:
+            if peer.alive:
+                peer.alive = False
+                log.info("peer down: peer=%s reason=stopped", msg.sender)
+                self.on_peer_down(msg.sender, "stopped")
+            return
+        if msg.type != HEARTBEAT:
             return
         body = msg.body
         was_alive, old_epoch = peer.alive, peer.epoch
@@ -75,6 +86,7 @@ class Peers:
             self.on_peer_up(msg.sender, reason)
         elif old_epoch and peer.epoch != old_epoch:
             log.info("peer restarted: peer=%s", msg.sender)
+            self.on_peer_down(msg.sender, "restarted")
             self.on_peer_up(msg.sender, "peer daemon restarted")
 
     def check(self) -> list[str]:
@@ -86,6 +98,7 @@ class Peers:
                 peer.alive = False
                 down.append(peer.region)
                 log.warning("peer down: peer=%s silent_s=%.1f", peer.region, now - peer.last_seen)
+                self.on_peer_down(peer.region, "missed heartbeats")
         return down
 
     def alive(self) -> list[str]:

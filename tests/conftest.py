@@ -10,6 +10,7 @@ import redis
 
 from devcluster import KafkaBroker, RedisServer
 from replication.library import library_source
+from tests.regions import Regions, running_regions
 from tests.servers import RedisFactory, stop_all, track
 
 
@@ -56,6 +57,13 @@ def three_regions(redis_factory: RedisFactory) -> dict[str, RedisServer]:
     return {name: redis_factory.start(name) for name in ("eu-west", "us-east", "ap-south")}
 
 
+@pytest.fixture
+def regions(tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory) -> Iterator[Regions]:
+    """Three real regions (redis-server + `reconciler run` each) on the session broker."""
+    with running_regions(tmp_path, kafka, redis_factory) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def library_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
     """A sync client to a real redis-server (one per test module) with our Lua library
@@ -79,6 +87,8 @@ def _servers_of(item: pytest.Item) -> list[object]:
         for candidate in candidates:
             if isinstance(candidate, RedisFactory):
                 found.extend(candidate.servers)
+            elif hasattr(candidate, "daemons") and hasattr(candidate, "servers"):
+                found.extend(candidate.daemons.values())  # tests.regions.Regions
             elif hasattr(candidate, "log_tail"):
                 found.append(candidate)
     return found

@@ -123,16 +123,18 @@ class ChangeConsumer:
         await self.kafka.commit()
 
     async def lag(self) -> dict[str, int]:
-        """Records not yet consumed, per peer region (for heartbeats and metrics)."""
+        """Records not yet consumed, per peer region (for heartbeats, metrics, and the
+        anti-entropy settle check). A peer is missing until its partitions are assigned."""
         consumer = self.kafka
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return {}
+        end = await consumer.end_offsets(assigned)
         lag: dict[str, int] = {}
-        for tp in consumer.assignment():
-            end = consumer.highwater(tp)
-            if end is None:
-                continue
+        for tp in assigned:
             position = await consumer.position(tp)
             peer = self.topics.get(tp.topic, tp.topic)
-            lag[peer] = lag.get(peer, 0) + max(0, end - position)
+            lag[peer] = lag.get(peer, 0) + max(0, end[tp] - position)
         return lag
 
     def assigned(self) -> set[TopicPartition]:
