@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import statistics
@@ -122,21 +123,21 @@ def compare(
 def throughput(
     home: RedisServer, other: RedisServer, seconds: float, rounds: int
 ) -> list[list[str]]:
-    rows = []
+    rows: list[list[str]] = []
     cfg = config(home.url, other.url)
     with redis.Redis.from_url(home.url) as plain, FailoverClient(cfg) as client:
         rows.extend(
             compare(
                 f"sync, {threads} thread(s)",
-                lambda t=threads: sync_rate(plain, t, seconds),
-                lambda t=threads: sync_rate(client, t, seconds),
+                functools.partial(sync_rate, plain, threads, seconds),
+                functools.partial(sync_rate, client, threads, seconds),
                 rounds,
             )
             for threads in (1, 8)
         )
 
     async def async_rows() -> list[list[str]]:
-        out = []
+        out: list[list[str]] = []
         async with aioredis.Redis.from_url(home.url) as plain, AsyncFailoverClient(cfg) as client:
             for tasks in (1, 8):
                 plain_rates, failover_rates = [], []
