@@ -106,6 +106,10 @@ class HeartbeatSection:
 @dataclass(frozen=True)
 class AntiEntropySection:
     on_start: bool = True
+    """Run a session with every peer when the daemon starts."""
+    automatic: bool = True
+    """Run a session with a peer heard again after missing heartbeats (or restarted).
+    Sessions after a capture gap always run; operator commands always run."""
     repair_keys_per_s: float = setting(20_000.0, gt=0)
     """Cap on keys shipped by repair, so repair never starves live replication."""
     request_timeout_s: float = setting(30.0, gt=0)

@@ -45,7 +45,7 @@ from reconciler.reports import RepairReport
 from reconciler.status import RegionStatus, write_status
 from reconciler.tombstones import collect
 from replication.applier import Applier, ApplyReport
-from replication.backoff import Backoff
+from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
@@ -261,11 +261,13 @@ class Daemon:
         # The gap that comes with the flush triggers the recovery.
 
     def _on_peer_down(self, peer: str, reason: str) -> None:
-        self.state.pending_peers.add(peer)  # when it is back, it gets a session
+        if self.config.antientropy.automatic:
+            self.state.pending_peers.add(peer)  # when it is back, it gets a session
         self.antientropy.abort_peer(peer, reason)
 
     def _on_peer_up(self, peer: str, reason: str) -> None:
-        if peer in self.state.pending_peers or reason != "first heartbeat":
+        automatic = self.config.antientropy.automatic and reason != "first heartbeat"
+        if peer in self.state.pending_peers or automatic:
             self.request_repair(peer, f"peer up: {reason}")
 
     # ------------------------------------------------------------------ status, repair
@@ -368,23 +370,30 @@ class Daemon:
             self.request_repair(peer, f"retry: {trigger}")
 
     async def _recover(self, reason: str) -> None:
-        """After a gap: rebuild the index, version every key again, repair with peers."""
+        """After a gap: rebuild the index, version every key again, repair with peers.
+
+        The Redis that caused the gap may still be coming back: the whole recovery is
+        retried (with backoff) while it is unreachable, never abandoned."""
         async with self._recovering:
             self.state.pending_peers = set(self.config.peers)
             self.state.repaired_since_gap = False
-            await self._rebuild_trees()
-            swept = 0
-            for db in self.config.redis.dbs:
-                async for report in self.versioner.sweep(db):
-                    if report.changes:
-                        self._on_local_changes(report.changes)
-                        shipment = await self.producer.ship([c.event for c in report.changes])
-                        await shipment.wait()
-                        swept += len(report.changes)
+            swept = await retrying(self._rebuild_and_sweep, what="recovery after a gap")
             log.info("recovery sweep: reason=%r local_changes_found=%d", reason, swept)
             for peer in self.config.peers:
                 self.request_repair(peer, reason)
         self._update_status()
+
+    async def _rebuild_and_sweep(self) -> int:
+        await self._rebuild_trees()
+        swept = 0
+        for db in self.config.redis.dbs:
+            async for report in self.versioner.sweep(db):
+                if report.changes:
+                    self._on_local_changes(report.changes)
+                    shipment = await self.producer.ship([c.event for c in report.changes])
+                    await shipment.wait()
+                    swept += len(report.changes)
+        return swept
 
     async def _rebuild_trees(self) -> None:
         for db in self.config.redis.dbs:

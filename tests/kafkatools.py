@@ -46,3 +46,26 @@ async def produce_raw(bootstrap: str, topic: str, payload: bytes, partition: int
         await producer.send_and_wait(topic, payload, partition=partition)
     finally:
         await producer.stop()
+
+
+async def truncate_topic(bootstrap: str, topic: str) -> int:
+    """Delete every record now in `topic` (what retention does to old records); returns
+    how many were deleted. Consumers that had not read them never will."""
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+
+    partitions = await partitions_of(bootstrap, topic)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        start = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(end[tp]) for tp in tps})
+    finally:
+        await admin.close()
+    return sum(end[tp] - start[tp] for tp in tps)
