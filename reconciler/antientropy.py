@@ -9,7 +9,8 @@ control topic, per database:
 3. `buckets`: both sides read the differing slots' metadata fresh from Redis (so drift of
    an in-memory index can never cause a repair) and split each slot into buckets of about
    `keys_per_bucket` keys by key hash; only differing buckets go on.
-4. `entries`: (key, metadata) of the differing buckets. Each key is decided with the same
+4. `entries`: (key, 8-byte digest prefix) of the differing buckets; then `metas`: the full
+   metadata of only the keys whose prefixes differ. Each such key is decided with the same
    resolver as replication: the side whose version wins ships its state; concurrent
    versions are exchanged both ways so both sides also merge their clocks.
 5. `ship`: the peer ships the keys it won to us; we ship the ones we won to it. Repair
@@ -56,7 +57,7 @@ from reconciler.reports import KeyDecision, RepairReport
 from replication.errors import DecodeError, ReconcilerError
 from replication.event import Version
 from replication.keys import INTERNAL_PREFIX, is_internal, meta_key
-from replication.library import parse_read_reply, read_command
+from replication.library import meta_key_for, parse_read_reply, read_command
 from replication.metadata import Meta, decode_meta
 from replication.resolver import Outcome, resolve
 from replication.resp import RespConnection
@@ -92,6 +93,15 @@ def bucket_hashes(entries: Mapping[bytes, Meta], buckets: int, now: int) -> list
             b = bucket_of(key, buckets)
             sums[b] = (sums[b] + entry_hash(key, meta.digest)) & MASK
     return sums
+
+
+TAG_BYTES = 8
+
+
+def tag_of(meta: Meta, now: int) -> bytes:
+    """What the first exchange of entries compares: a digest prefix for a live key, empty
+    for one that is logically absent (deleted or expired)."""
+    return meta.digest[:TAG_BYTES] if meta.is_live(now) else b""
 
 
 def _version(meta: Meta) -> Version:
@@ -253,6 +263,7 @@ class AntiEntropy:
             "children": self._on_children,
             "buckets": self._on_buckets,
             "entries": self._on_entries,
+            "metas": self._on_metas,
             "ship": self._on_ship,
             "resync": self._on_resync,
             "selfcheck": self._on_selfcheck,
@@ -305,17 +316,31 @@ class AntiEntropy:
         return {"buckets": out}
 
     async def _on_entries(self, body: dict[str, Any]) -> dict[str, Any]:
+        """(key, tag) of every entry in the wanted buckets; the tag is the first bytes of
+        the digest for a live key, empty otherwise (deleted, expired)."""
         db = body.get("db")
         self._tree(db)
         want = [(int(s), int(n), set(bs)) for s, n, bs in body["want"]]
         conn = await self._conn(int(db))  # type: ignore[arg-type]
-        replies = await conn.pipeline([("HGETALL", meta_key(s)) for s, _, _ in want])
+        entries = await read_slots(conn, [s for s, _, _ in want])
+        now = now_ms()
         out: list[list[bytes]] = []
-        for (_, n, buckets), flat in zip(want, replies, strict=True):
-            for key, raw in zip(flat[::2], flat[1::2], strict=True):
-                if bucket_of(key, n) in buckets:
-                    out.append([key, raw])
+        for slot, n, buckets in want:
+            out += [
+                [key, tag_of(meta, now)]
+                for key, meta in entries[slot].items()
+                if bucket_of(key, n) in buckets
+            ]
         return {"entries": out}
+
+    async def _on_metas(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The raw metadata of the given keys (those whose tags differed)."""
+        db = body.get("db")
+        self._tree(db)
+        keys = [k for k in body["keys"] if isinstance(k, bytes)]
+        conn = await self._conn(int(db))  # type: ignore[arg-type]
+        raws = await conn.pipeline([("HGET", meta_key_for(k), k) for k in keys])
+        return {"metas": [[k, raw] for k, raw in zip(keys, raws, strict=True) if raw]}
 
     async def _on_ship(self, body: dict[str, Any]) -> dict[str, Any]:
         db, target = body.get("db"), str(body["target"])
@@ -495,15 +520,31 @@ class AntiEntropy:
         if not want:
             return 0.0
         body = await self._request(report, session, "entries", db=db, want=want)
-        theirs_entries = leaf_entries([x for pair in body["entries"] for x in pair])
+        theirs_tags: dict[bytes, bytes] = {bytes(k): bytes(t) for k, t in body["entries"]}
         mine_entries: dict[bytes, Meta] = {}
         for slot, n, diff in want:
             buckets = set(diff)
-            mine_entries.update((k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets)
+            mine_entries.update(
+                (k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets
+            )
+        # Only keys whose tags differ go on; fetch the peer's metadata for those it has.
+        candidates = [
+            k
+            for k in mine_entries.keys() | theirs_tags.keys()
+            if (tag_of(mine_entries[k], now) if k in mine_entries else b"")
+            != theirs_tags.get(k, b"")
+        ]
+        report.keys_compared += len(mine_entries.keys() | theirs_tags.keys())
+        needed = [k for k in candidates if k in theirs_tags]
+        theirs_entries: dict[bytes, Meta] = {}
+        for i in range(0, len(needed), SHIP_KEYS_PER_REQUEST):
+            body = await self._request(
+                report, session, "metas", db=db, keys=needed[i : i + SHIP_KEYS_PER_REQUEST]
+            )
+            theirs_entries.update(leaf_entries([x for pair in body["metas"] for x in pair]))
         ship: list[bytes] = []
         fetch: list[bytes] = []
-        for key in sorted(mine_entries.keys() | theirs_entries.keys()):
-            report.keys_compared += 1
+        for key in sorted(candidates):
             m, t = mine_entries.get(key), theirs_entries.get(key)
             decision = decide(m, t, now)
             if decision is None:

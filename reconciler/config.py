@@ -118,7 +118,7 @@ class AntiEntropySection:
     settle_timeout_s: float = setting(30.0, ge=0)
     """An automatic session first waits (at most this long) until replication with the
     peer has caught up both ways, so repair handles only what replication cannot."""
-    keys_per_bucket: int = setting(8, ge=1)
+    keys_per_bucket: int = setting(4, ge=1)
     """A differing slot is split into buckets of about this many keys before keys are
     exchanged, so bytes grow with the divergent keys, not with the keyspace."""
 
