@@ -83,10 +83,14 @@ async def diverge(port: int, n: int, d: int, round_: int) -> dict[bytes, bytes]:
     updated = rng.sample(range(n), d - d // 2)
     keys = [key_of(i) for i in updated] + [b"new:%d:%09d" % (round_, i) for i in range(d // 2)]
     events = [
-        event(k, b"r%d-%s" % (round_, rng.randbytes(8).hex().encode()),
-              {"loader": 1, "sa-east": 10_000 + round_}, "sa-east")
+        event(
+            k,
+            b"r%d-%s" % (round_, rng.randbytes(8).hex().encode()),
+            {"loader": 1, "sa-east": 10_000 + round_},
+            "sa-east",
+        )
         for k in keys
-    ]  # fmt: skip
+    ]
     await apply_all(port, events, A)
     return {e.key: e.value for e in events}  # type: ignore[misc]
 
@@ -121,14 +125,24 @@ def run(n: int, divergent: list[int]) -> None:
             "heartbeat": {"peer_timeout_s": 30.0},
         }
         for r in (A, B):
-            cfg = write_config(base / "cfg", r, [B if r == A else A], servers[r].url,
-                               broker.bootstrap, overrides=manual)  # fmt: skip
+            cfg = write_config(
+                base / "cfg",
+                r,
+                [B if r == A else A],
+                servers[r].url,
+                broker.bootstrap,
+                overrides=manual,
+            )
             daemons[r] = DaemonProcess(r, cfg)
         t0 = time.monotonic()
         for d in daemons.values():
             d.start(wait_s=600)
-        wait_for(lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
-                 900, "first start (initial sweep of every key)", 1.0)  # fmt: skip
+        wait_for(
+            lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
+            900,
+            "first start (initial sweep of every key)",
+            1.0,
+        )
         first_start_s = time.monotonic() - t0
         print(f"first start with {n} keys (index rebuild + initial sweep): {first_start_s:.1f}s")
         for round_, d in enumerate(divergent, 1):
@@ -155,12 +169,20 @@ def run(n: int, divergent: list[int]) -> None:
             total_s = time.monotonic() - t0
             sent = dry["bytes_exchanged"]["total"]
             assert dry["keys_differing"] == report["keys_differing"] == d, (dry, report)
-            rows.append([
-                f"{n:,}", f"{d:,}", f"{report['leaves_differing']:,}",
-                f"{detect_s:.2f}",
-                f"{session_s:.2f}", f"{total_s:.2f}", f"{sent:,}", f"{naive:,}",
-                f"{100 * sent / naive:.3f}%", f"{restart_s:.1f}",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    f"{n:,}",
+                    f"{d:,}",
+                    f"{report['leaves_differing']:,}",
+                    f"{detect_s:.2f}",
+                    f"{session_s:.2f}",
+                    f"{total_s:.2f}",
+                    f"{sent:,}",
+                    f"{naive:,}",
+                    f"{100 * sent / naive:.3f}%",
+                    f"{restart_s:.1f}",
+                ]
+            )
             print(rows[-1])
     finally:
         for daemon in daemons.values():
@@ -196,7 +218,7 @@ def run(n: int, divergent: list[int]) -> None:
                 "restart s",
             ],
             rows,
-        )  # fmt: skip
+        )
     )
     write_section("Anti-entropy: Merkle repair", body)
     print(body)

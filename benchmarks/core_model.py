@@ -39,10 +39,16 @@ def make_events(n: int, kind: Kind, rng: random.Random) -> list[ChangeEvent]:
         origin = rng.choice(REGIONS)
         out.append(
             ChangeEvent(
-                0, b"account:%08d" % i, kind, value, 0, clock, origin,  # type: ignore[arg-type]
+                0,
+                b"account:%08d" % i,
+                kind,
+                value,
+                0,
+                clock,
+                origin,  # type: ignore[arg-type]
                 value_digest(kind, value, 0),  # type: ignore[arg-type]
             )
-        )  # fmt: skip
+        )
     return out
 
 

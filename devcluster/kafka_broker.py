@@ -57,12 +57,16 @@ def ensure_kafka_classpath(version: str = KAFKA_VERSION) -> Path:
     staging = lib.with_name("lib.partial")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(POM),
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
         f"-Dkafka.version={version}",
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging}",
-    ]  # fmt: skip
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"resolving Kafka {version} jars failed:\n{result.stdout[-3000:]}")
@@ -185,17 +189,37 @@ class KafkaBroker:
         java_log = f"-Dlog4j.configuration=file:{log4j}"
         if not (self.dir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
-                ["java", java_log, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", _cluster_id(), "-c", str(props), "--standalone"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                [
+                    "java",
+                    java_log,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(props),
+                    "--standalone",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if fmt.returncode != 0:
                 raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}")
         argv = [
-            "java", f"-Xms{min(256, self.heap_mb)}m", f"-Xmx{self.heap_mb}m",
-            "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", java_log,
-            "-cp", classpath, "kafka.Kafka", str(props),
-        ]  # fmt: skip
+            "java",
+            f"-Xms{min(256, self.heap_mb)}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            java_log,
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
+        ]
         self._process.spawn(argv, cwd=self.dir, detach=detach)
         try:
             wait_until(

@@ -56,11 +56,12 @@ from reconciler.repair import RepairShipper
 from reconciler.reports import KeyDecision, RepairReport
 from replication.errors import DecodeError, ReconcilerError
 from replication.event import Version
-from replication.keys import INTERNAL_PREFIX, is_internal, meta_key
+from replication.keys import is_internal, meta_key
 from replication.library import meta_key_for, parse_read_reply, read_command
 from replication.metadata import Meta, decode_meta
 from replication.resolver import Outcome, resolve
 from replication.resp import RespConnection
+from replication.scan import metadata_entries, user_keys
 
 log = logging.getLogger(__name__)
 
@@ -380,37 +381,24 @@ class AntiEntropy:
         checked = 0
         bad: list[bytes] = []
         now = now_ms()
-        cursor = b"0"
-        while True:
-            cursor, found = await conn.execute("SCAN", cursor, "COUNT", 500)
-            keys = [k for k in found if not is_internal(k)]
-            if keys:
-                (reply,) = await conn.pipeline([read_command(keys)])
-                for state in parse_read_reply(keys, reply):
-                    checked += 1
-                    try:
-                        meta = decode_meta(state.meta_raw) if state.meta_raw else None
-                    except DecodeError:
-                        meta = None
-                    if state.kind_name == "none":
-                        continue  # expired between SCAN and read
-                    if meta is None or meta.deleted or meta.digest != state.digest:
-                        bad.append(state.key)
-            if cursor == b"0":
-                break
-        cursor = b"0"
-        while True:
-            cursor, metas = await conn.execute(
-                "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 500
-            )
-            for mk in metas:
-                flat = await conn.execute("HGETALL", mk)
-                live = [k for k, m in leaf_entries(flat).items() if m.is_live(now)]
-                if live:
-                    exists = await conn.pipeline([("EXISTS", k) for k in live])
-                    bad += [k for k, e in zip(live, exists, strict=True) if e == 0]
-            if cursor == b"0":
-                break
+        async for keys in user_keys(conn, 500):
+            (reply,) = await conn.pipeline([read_command(keys)])
+            for state in parse_read_reply(keys, reply):
+                checked += 1
+                try:
+                    meta = decode_meta(state.meta_raw) if state.meta_raw else None
+                except DecodeError:
+                    meta = None
+                if state.kind_name == "none":
+                    continue  # expired between SCAN and read
+                if meta is None or meta.deleted or meta.digest != state.digest:
+                    bad.append(state.key)
+        async for chunk in metadata_entries(conn, 500):
+            entries = leaf_entries([x for pair in chunk for x in pair])
+            live = [k for k, m in entries.items() if m.is_live(now)]
+            if live:
+                exists = await conn.pipeline([("EXISTS", k) for k in live])
+                bad += [k for k, e in zip(live, exists, strict=True) if e == 0]
         return checked, bad
 
     # ---------------------------------------------------------------------- initiator
@@ -443,9 +431,15 @@ class AntiEntropy:
         log.info(
             "anti-entropy session: peer=%s mode=%s trigger=%s result=%s keys_differing=%d "
             "bytes=%d seconds=%.2f report=%s",
-            peer, mode, trigger, report.result, report.keys_differing,
-            report.bytes_exchanged.get("total", 0), report.durations_s["total"], report.id,
-        )  # fmt: skip
+            peer,
+            mode,
+            trigger,
+            report.result,
+            report.keys_differing,
+            report.bytes_exchanged.get("total", 0),
+            report.durations_s["total"],
+            report.id,
+        )
         return report
 
     async def _compare(self, report: RepairReport, session: str, *, dry_run: bool) -> None:
@@ -524,9 +518,7 @@ class AntiEntropy:
         mine_entries: dict[bytes, Meta] = {}
         for slot, n, diff in want:
             buckets = set(diff)
-            mine_entries.update(
-                (k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets
-            )
+            mine_entries.update((k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets)
         # Only keys whose tags differ go on; fetch the peer's metadata for those it has.
         candidates = [
             k
@@ -597,5 +589,6 @@ class AntiEntropy:
         if local_bad or report.peer_inconsistencies:
             log.warning(
                 "verify: data does not match metadata: local=%d peer=%d",
-                len(local_bad), report.peer_inconsistencies,
-            )  # fmt: skip
+                len(local_bad),
+                report.peer_inconsistencies,
+            )

@@ -41,9 +41,7 @@ class RedisSection:
         base = RedisAddress.from_url(
             self.url, password=self.password.reveal() if self.password else None
         )
-        return base if db is None else RedisAddress(
-            base.host, base.port, db, base.username, base.password
-        )  # fmt: skip
+        return base if db is None else base.for_db(db)
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,11 @@ from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import VersionedChange, Versioner
+from replication.connections import LibraryConnections
 from replication.errors import ReconcilerError
 from replication.hlc import HybridClock
 from replication.inbound import Inbound
 from replication.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
-from replication.library import ensure_library
 from replication.outbound import Outbound
 from replication.resp import RespConnection
 from replication.transport.consumer import ChangeConsumer
@@ -165,7 +165,7 @@ class Daemon:
         )
         self.collector = DaemonCollector(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
-        self._conns: dict[int, RespConnection] = {}
+        self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
         self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
@@ -215,12 +215,7 @@ class Daemon:
     async def conn(self, db: int) -> RespConnection:
         """A connection to database `db` with the function library loaded (reopened if the
         previous one broke), for anti-entropy, repair and GC."""
-        conn = self._conns.get(db)
-        if conn is None or conn.closed:
-            conn = await RespConnection.open(self.config.redis.address(db))
-            await ensure_library(conn)
-            self._conns[db] = conn
-        return conn
+        return await self._conns.get(db)
 
     # -------------------------------------------------------------------- callbacks
     def _on_local_changes(self, changes: list[VersionedChange]) -> None:
@@ -409,17 +404,24 @@ class Daemon:
             self.trees[db] = tree
             log.info(
                 "merkle rebuild done: db=%d keys=%d seconds=%.2f",
-                db, tree.keys, time.monotonic() - started,
-            )  # fmt: skip
+                db,
+                tree.keys,
+                time.monotonic() - started,
+            )
 
     # ------------------------------------------------------------------- periodic jobs
     async def _status_client_get(self) -> aioredis.Redis:
         if self._status_client is None:
             a = self.config.redis.address(self.config.redis.dbs[0])
             self._status_client = aioredis.Redis(
-                host=a.host, port=a.port, db=a.db, username=a.username, password=a.password,
-                socket_timeout=5, socket_connect_timeout=5,
-            )  # fmt: skip
+                host=a.host,
+                port=a.port,
+                db=a.db,
+                username=a.username,
+                password=a.password,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+            )
         return self._status_client
 
     async def _write_status(self) -> None:
@@ -590,9 +592,7 @@ class Daemon:
         log.info("stopped")
 
     async def _close_conns(self) -> None:
-        conns, self._conns = self._conns, {}
-        for conn in conns.values():
-            await conn.close()
+        await self._conns.close()
         if self._status_client is not None:
             await self._status_client.aclose()
             self._status_client = None

@@ -61,9 +61,12 @@ class DaemonCollector(Collector):
             P + "apply_events", "Remote events by outcome", labels=["region", "outcome"]
         )
         for outcome, n in (
-            ("applied", inb.applied), ("stale", inb.stale), ("conflict_remote_won", inb.remote_won),
-            ("conflict_local_won", inb.local_won), ("rejected", inb.rejected),
-        ):  # fmt: skip
+            ("applied", inb.applied),
+            ("stale", inb.stale),
+            ("conflict_remote_won", inb.remote_won),
+            ("conflict_local_won", inb.local_won),
+            ("rejected", inb.rejected),
+        ):
             outcomes.add_metric([region, outcome], n)
         yield outcomes
         yield counter("apply_deferred", "Applies deferred behind a local write", inb.deferred)

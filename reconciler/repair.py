@@ -19,10 +19,10 @@ import hiredis
 from replication.capture.versioner import VersionedChange, Versioner
 from replication.errors import DecodeError, UnsupportedTypeError
 from replication.event import ChangeEvent
-from replication.keys import INTERNAL_PREFIX, is_internal
 from replication.library import KeyState, parse_read_reply, parse_value, read_command
 from replication.metadata import Meta, decode_meta
 from replication.resp import RedisCommandError, RespConnection
+from replication.scan import metadata_entries, user_keys
 from replication.transport.producer import ChangeProducer
 from replication.value import Kind
 
@@ -55,9 +55,15 @@ def event_from_state(db: int, state: KeyState, meta: Meta) -> ChangeEvent:
     """The change event for a key's current state at the version its metadata names."""
     kind = Kind.from_redis(state.kind_name)
     return ChangeEvent(
-        db, state.key, kind, parse_value(kind, state.value), state.expire_at_ms, meta.clock,
-        meta.origin, meta.digest,
-    )  # fmt: skip
+        db,
+        state.key,
+        kind,
+        parse_value(kind, state.value),
+        state.expire_at_ms,
+        meta.clock,
+        meta.origin,
+        meta.digest,
+    )
 
 
 class RepairShipper:
@@ -128,32 +134,13 @@ class RepairShipper:
 
     async def _all_keys(self, db: int) -> AsyncIterator[list[bytes]]:
         conn = await self._conn(db)
-        cursor = b"0"
-        while True:
-            cursor, found = await conn.execute("SCAN", cursor, "COUNT", 1000)
-            keys = [k for k in found if not is_internal(k)]
-            if keys:
-                yield keys
-            if cursor == b"0":
-                break
+        async for keys in user_keys(conn):
+            yield keys
         # Tombstones: deletes the rebuilt region must learn too (absent keys, metadata left).
-        cursor = b"0"
-        while True:
-            cursor, metas = await conn.execute(
-                "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 1000
-            )
-            for meta_key in metas:
-                hcursor = b"0"
-                while True:
-                    hcursor, flat = await conn.execute("HSCAN", meta_key, hcursor, "COUNT", 1000)
-                    gone = [k for k, raw in zip(flat[::2], flat[1::2], strict=True)
-                            if _is_tombstone(raw)]  # fmt: skip
-                    if gone:
-                        yield gone
-                    if hcursor == b"0":
-                        break
-            if cursor == b"0":
-                break
+        async for entries in metadata_entries(conn):
+            gone = [key for key, raw in entries if _is_tombstone(raw)]
+            if gone:
+                yield gone
 
 
 def _is_tombstone(raw: bytes) -> bool:

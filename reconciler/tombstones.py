@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from reconciler.merkle import MerkleTree, leaf_entries
 from replication.hlc import physical_ms
-from replication.keys import INTERNAL_PREFIX
 from replication.library import forget_command
 from replication.metadata import Meta
 from replication.resp import RespConnection
+from replication.scan import metadata_entries
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +57,37 @@ async def collect(
 ) -> GcResult:
     """One pass over every metadata hash of the connection's database."""
     result = GcResult()
-    cursor = b"0"
-    while True:
-        cursor, meta_keys = await conn.execute(
-            "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", 500
-        )
-        for meta_key in meta_keys:
-            hcursor = b"0"
-            while True:
-                hcursor, flat = await conn.execute("HSCAN", meta_key, hcursor, "COUNT", 1000)
-                entries = leaf_entries(flat)
-                raw = dict(zip(flat[::2], flat[1::2], strict=True))
-                result.scanned += len(entries)
-                doomed = [
-                    (k, m)
-                    for k, m in entries.items()
-                    if removable(
-                        m, now, caught_up_before_ms=caught_up_before_ms,
-                        min_age_ms=min_age_ms, horizon_ms=horizon_ms,
-                    )
-                ]  # fmt: skip
-                if doomed:
-                    replies = await conn.pipeline([forget_command(k, raw[k]) for k, _ in doomed])
-                    for (key, meta), removed in zip(doomed, replies, strict=True):
-                        if removed != 1:
-                            continue
-                        if meta.deleted:
-                            result.tombstones_removed += 1
-                        else:
-                            result.expired_removed += 1
-                            tree.update(key, meta.digest, b"")
-                if hcursor == b"0":
-                    break
-        if cursor == b"0":
-            break
+    async for chunk in metadata_entries(conn):
+        raw = dict(chunk)
+        entries = leaf_entries([x for pair in chunk for x in pair])
+        result.scanned += len(entries)
+        doomed = [
+            (key, meta)
+            for key, meta in entries.items()
+            if removable(
+                meta,
+                now,
+                caught_up_before_ms=caught_up_before_ms,
+                min_age_ms=min_age_ms,
+                horizon_ms=horizon_ms,
+            )
+        ]
+        if not doomed:
+            continue
+        replies = await conn.pipeline([forget_command(k, raw[k]) for k, _ in doomed])
+        for (key, meta), removed in zip(doomed, replies, strict=True):
+            if removed != 1:
+                continue
+            if meta.deleted:
+                result.tombstones_removed += 1
+            else:
+                result.expired_removed += 1
+                tree.update(key, meta.digest, b"")
     if result.tombstones_removed or result.expired_removed:
         log.info(
             "metadata gc: scanned=%d tombstones_removed=%d expired_removed=%d",
-            result.scanned, result.tombstones_removed, result.expired_removed,
-        )  # fmt: skip
+            result.scanned,
+            result.tombstones_removed,
+            result.expired_removed,
+        )
     return result

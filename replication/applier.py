@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import hiredis
 
 from replication.conflicts import ConflictRecord
+from replication.connections import LibraryConnections
 from replication.errors import DecodeError
 from replication.event import ChangeEvent, Version
 from replication.hlc import HybridClock
@@ -24,7 +25,7 @@ from replication.library import (
     parse_apply_reply,
 )
 from replication.metadata import decode_meta
-from replication.resp import RedisAddress, RedisCommandError, RespConnection
+from replication.resp import RedisAddress, RedisCommandError
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,13 @@ class Applier:
         self.region = region
         self.clock = clock
         self.retired_csv = ",".join(sorted(retired))
-        self._conns: dict[int, RespConnection] = {}
+        self._conns = LibraryConnections(address)
 
     async def start(self) -> None:
-        await self._conn(self.address.db)
+        await self._conns.get(self.address.db)
 
     async def stop(self) -> None:
-        conns, self._conns = self._conns, {}
-        for conn in conns.values():
-            await conn.close()
+        await self._conns.close()
 
     async def __aenter__(self) -> Applier:
         await self.start()
@@ -93,21 +92,6 @@ class Applier:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    async def _conn(self, db: int) -> RespConnection:
-        conn = self._conns.get(db)
-        if conn is None or conn.closed:
-            a = self.address
-            conn = await RespConnection.open(
-                RedisAddress(a.host, a.port, db, a.username, a.password)
-            )
-            try:
-                await ensure_library(conn)
-            except BaseException:
-                await conn.close()
-                raise
-            self._conns[db] = conn
-        return conn
 
     async def apply(self, events: Sequence[ChangeEvent], source: str = "") -> ApplyReport:
         """Apply events (any dbs, any order); returns outcomes, conflicts, digest changes."""
@@ -128,7 +112,7 @@ class Applier:
     async def _apply_chunk(
         self, db: int, events: list[ChangeEvent], source: str, report: ApplyReport
     ) -> None:
-        conn = await self._conn(db)
+        conn = await self._conns.get(db)
         commands = [apply_command(e, self.region, self.retired_csv) for e in events]
         replies = await conn.pipeline(commands)
         if any(is_missing_function(r) for r in replies):

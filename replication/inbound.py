@@ -107,9 +107,12 @@ class Inbound:
             for event, reason in report.rejected:
                 payload = encode_batch(item.batch.source, [event])
                 await self.dead_letters.send(
-                    payload, reason, topic=item.topic, partition=item.partition,
+                    payload,
+                    reason,
+                    topic=item.topic,
+                    partition=item.partition,
                     offset=item.offset,
-                )  # fmt: skip
+                )
             total.merge(report)
             self.stats.events += len(item.batch.events)
         s = self.stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,10 @@ class RedisAddress:
             username=unquote(parsed.username) if parsed.username else None,
             password=password or (unquote(parsed.password) if parsed.password else None),
         )
+
+    def for_db(self, db: int) -> RedisAddress:
+        """The same server and credentials, another database."""
+        return dataclasses.replace(self, db=db)
 
     def __str__(self) -> str:
         return f"redis://{self.host}:{self.port}/{self.db}"

@@ -75,10 +75,14 @@ class Regions:
         }
         for name in names:
             config = write_config(
-                base / "configs", name, [p for p in names if p != name],
-                self.servers[name].url, kafka.bootstrap, topic_prefix=self.prefix,
+                base / "configs",
+                name,
+                [p for p in names if p != name],
+                self.servers[name].url,
+                kafka.bootstrap,
+                topic_prefix=self.prefix,
                 overrides=overrides,
-            )  # fmt: skip
+            )
             daemon = DaemonProcess(name, config)
             track(daemon)
             self.daemons[name] = daemon

@@ -27,9 +27,23 @@ __all__ = ["HISTOGRAM_BOUNDS_S", "ClientMetrics"]
 
 # Fixed bucket bounds, so the exported histogram's series never change shape.
 HISTOGRAM_BOUNDS_S = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class _RouterCollector(Collector):
@@ -100,9 +114,10 @@ class _RouterCollector(Collector):
                 latency.add_metric([*key, "0.5"], stats.p50_s)
                 latency.add_metric([*key, "0.99"], stats.p99_s)
             duration.add_metric(
-                key, _fixed_buckets(stats.latency_buckets, stats.requests_total),
+                key,
+                _fixed_buckets(stats.latency_buckets, stats.requests_total),
                 sum_value=stats.latency_sum_s,
-            )  # fmt: skip
+            )
             healthy.add_metric(key, 1.0 if region.state is RegionState.HEALTHY else 0.0)
             active.add_metric(key, 1.0 if region.name == snap.active else 0.0)
         yield from (requests, failures, app_errors, window_requests, error_rate, latency)

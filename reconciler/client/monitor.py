@@ -119,9 +119,17 @@ class ClientTable:
         """The table as text, one line per client, sorted by client id."""
         now_ms = _now_ms() if now_ms is None else now_ms
         header = (
-            "CLIENT", "HOME", "ACTIVE", "REQ/WIN", "ERR%", "P50MS", "P99MS", "FO/FB",
-            "AGE_S", "LAST EVENT",
-        )  # fmt: skip
+            "CLIENT",
+            "HOME",
+            "ACTIVE",
+            "REQ/WIN",
+            "ERR%",
+            "P50MS",
+            "P99MS",
+            "FO/FB",
+            "AGE_S",
+            "LAST EVENT",
+        )
         rows: list[tuple[str, ...]] = [header]
         rows.extend(self._row(cid, self.clients[cid], now_ms) for cid in sorted(self.clients))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -194,8 +202,10 @@ async def _follow(
         await consumer.start()
     except (KafkaError, OSError) as exc:
         await consumer.stop()
-        print(f"reconciler clients: cannot reach Kafka at {kafka.bootstrap_servers}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"reconciler clients: cannot reach Kafka at {kafka.bootstrap_servers}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     try:
         if topic not in await consumer.topics():

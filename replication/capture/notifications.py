@@ -213,8 +213,10 @@ class KeyspaceNotificationSource:
                     self.stats.reconnects += 1
                     log.warning(
                         "notifications connection lost source=%s endpoint=%s error=%s",
-                        self.name, self.endpoint, exc,
-                    )  # fmt: skip
+                        self.name,
+                        self.endpoint,
+                        exc,
+                    )
                     await self._gap(
                         GAP_NOTIFICATIONS_DISCONNECT,
                         f"notification connection lost ({exc}); changes until we are "
@@ -241,9 +243,12 @@ class KeyspaceNotificationSource:
                 return await self._connect()
             except (CaptureConnectionError, OSError) as exc:
                 log.warning(
-                    "notifications reconnect failed source=%s endpoint=%s after_s=%.2f "
-                    "error=%s", self.name, self.endpoint, delay, exc,
-                )  # fmt: skip
+                    "notifications reconnect failed source=%s endpoint=%s after_s=%.2f error=%s",
+                    self.name,
+                    self.endpoint,
+                    delay,
+                    exc,
+                )
 
     async def _open(self) -> RespLink:
         link = await RespLink.open(
@@ -292,8 +297,10 @@ class KeyspaceNotificationSource:
         self.stats.connected = True
         log.info(
             "notifications subscribed source=%s endpoint=%s dbs=%s",
-            self.name, self.endpoint, sorted(self.dbs),
-        )  # fmt: skip
+            self.name,
+            self.endpoint,
+            sorted(self.dbs),
+        )
         session = _Session(control, pubsub, counts)
         # Anything before this moment is unknown to us: a gap, on every (re)connect.
         await self._gap(
@@ -312,8 +319,10 @@ class KeyspaceNotificationSource:
             if not self.verify_config:
                 log.warning(
                     "notifications cannot read %s source=%s error=%s; trusting the operator",
-                    CONFIG_NAME, self.name, exc,
-                )  # fmt: skip
+                    CONFIG_NAME,
+                    self.name,
+                    exc,
+                )
                 return
             raise NotificationsConfigError(
                 f"{self.endpoint} refused CONFIG GET {CONFIG_NAME} ({exc.message}): cannot "
@@ -335,8 +344,11 @@ class KeyspaceNotificationSource:
             else:
                 log.warning(
                     "notifications enabled %s source=%s old=%r new=%r",
-                    CONFIG_NAME, self.name, current, wanted,
-                )  # fmt: skip
+                    CONFIG_NAME,
+                    self.name,
+                    current,
+                    wanted,
+                )
                 return
         raise NotificationsConfigError(
             f"{self.endpoint} has {CONFIG_NAME}={current!r}, which lacks "

@@ -1129,9 +1129,11 @@ class ReplicationStreamSource:
         if batch.gap is not None:
             self.stats.gaps += 1
             log.warning(
-                "capture gap source=%s reason=%s detail=%s", self.name, batch.gap.reason,
+                "capture gap source=%s reason=%s detail=%s",
+                self.name,
+                batch.gap.reason,
                 batch.gap.detail,
-            )  # fmt: skip
+            )
         await self._channel.put(_Delivery(batch, self._lineage, db))
 
     # sessions ------------------------------------------------------------------------------
@@ -1146,8 +1148,11 @@ class ReplicationStreamSource:
                     self.stats.reconnects += 1
                     log.warning(
                         "capture connection lost source=%s endpoint=%s offset=%d error=%s",
-                        self.name, self.endpoint, self.stats.parsed_offset, exc,
-                    )  # fmt: skip
+                        self.name,
+                        self.endpoint,
+                        self.stats.parsed_offset,
+                        exc,
+                    )
                 finally:
                     self._link = None
                     self.stats.connected = False
@@ -1173,8 +1178,11 @@ class ReplicationStreamSource:
             except (CaptureConnectionError, OSError) as exc:
                 log.warning(
                     "capture reconnect failed source=%s endpoint=%s after_s=%.2f error=%s",
-                    self.name, self.endpoint, delay, exc,
-                )  # fmt: skip
+                    self.name,
+                    self.endpoint,
+                    delay,
+                    exc,
+                )
 
     async def _connect(self) -> _Session:
         """Connect, handshake, send PSYNC and read its reply (not the RDB)."""
@@ -1231,9 +1239,12 @@ class ReplicationStreamSource:
         self.stats.connected = True
         log.info(
             "capture connected source=%s endpoint=%s asked=%s reply=%s master_offset=%d",
-            self.name, self.endpoint, " ".join(psync[1:]),
-            "FULLRESYNC" if parser.reply.full else "CONTINUE", master_offset,
-        )  # fmt: skip
+            self.name,
+            self.endpoint,
+            " ".join(psync[1:]),
+            "FULLRESYNC" if parser.reply.full else "CONTINUE",
+            master_offset,
+        )
         return _Session(link, parser.reply, parser, prefix, table, master_offset, asked)
 
     def _classify(self, exc: ServerError) -> ReconcilerError:
@@ -1269,8 +1280,11 @@ class ReplicationStreamSource:
             if reply.replid and reply.replid != asked.replid:
                 log.info(
                     "capture replid changed on CONTINUE source=%s old=%s new=%s offset=%d",
-                    self.name, asked.replid, reply.replid, asked.offset,
-                )  # fmt: skip
+                    self.name,
+                    asked.replid,
+                    reply.replid,
+                    asked.offset,
+                )
             self._replid = reply.replid or asked.replid
             start_offset, start_db = asked.offset, asked.db
             replay_until = session.master_offset
@@ -1297,9 +1311,11 @@ class ReplicationStreamSource:
             rdb_seen = psync.rdb_bytes
         if reply.full:
             log.info(
-                "capture rdb skipped source=%s bytes=%d form=%s", self.name, psync.rdb_bytes,
+                "capture rdb skipped source=%s bytes=%d form=%s",
+                self.name,
+                psync.rdb_bytes,
                 "eof-mark" if psync.eof_mark is not None else "length",
-            )  # fmt: skip
+            )
         self._link = link
         # A diskless full sync only starts the stream once the replica ACKs: do it now.
         self._send_ack()
@@ -1389,8 +1405,10 @@ class ReplicationStreamSource:
             self._warned.add(name.lower())
             log.warning(
                 "capture cannot locate keys source=%s command=%s why=%s",
-                self.name, name.decode(errors="replace"), why,
-            )  # fmt: skip
+                self.name,
+                name.decode(errors="replace"),
+                why,
+            )
 
     # persistence ------------------------------------------------------------------------
     async def _persist_loop(self) -> None:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import hiredis
 
+from replication.connections import LibraryConnections
 from replication.event import ChangeEvent
 from replication.hlc import HybridClock
-from replication.keys import INTERNAL_PREFIX, is_internal
+from replication.keys import is_internal
 from replication.library import (
     VersionStatus,
     ensure_library,
@@ -32,12 +33,12 @@ from replication.library import (
     parse_version_reply,
     version_command,
 )
-from replication.resp import RedisAddress, RedisCommandError, RespConnection
+from replication.resp import RedisAddress, RedisCommandError
+from replication.scan import metadata_entries, user_keys
 
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = 512  # keys per round trip: big enough to amortise, small enough to stay fair
-SCAN_COUNT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +65,14 @@ class Versioner:
         self.address = address
         self.region = region
         self.clock = clock
-        self._conns: dict[int, RespConnection] = {}
+        self._conns = LibraryConnections(address)
         self.unsupported_total = 0
 
     async def start(self) -> None:
-        await self._conn(self.address.db)
+        await self._conns.get(self.address.db)
 
     async def stop(self) -> None:
-        conns, self._conns = self._conns, {}
-        for conn in conns.values():
-            await conn.close()
+        await self._conns.close()
 
     async def __aenter__(self) -> Versioner:
         await self.start()
@@ -81,22 +80,6 @@ class Versioner:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    async def _conn(self, db: int) -> RespConnection:
-        conn = self._conns.get(db)
-        if conn is None or conn.closed:
-            address = RedisAddress(
-                self.address.host, self.address.port, db, self.address.username,
-                self.address.password,
-            )  # fmt: skip
-            conn = await RespConnection.open(address)
-            try:
-                await ensure_library(conn)
-            except BaseException:
-                await conn.close()
-                raise
-            self._conns[db] = conn
-        return conn
 
     async def version(
         self, keys: Mapping[int, Iterable[bytes]], *, replay: bool = False
@@ -113,7 +96,7 @@ class Versioner:
     async def _version_chunk(
         self, db: int, keys: Sequence[bytes], tick: int, replay: bool, report: VersionReport
     ) -> None:
-        conn = await self._conn(db)
+        conn = await self._conns.get(db)
         commands = [version_command(k, self.region, tick, replay=replay) for k in keys]
         replies = await conn.pipeline(commands)
         if any(is_missing_function(r) for r in replies):
@@ -143,39 +126,14 @@ class Versioner:
         (absent, metadata still live). Yields a report per chunk, so the caller can ship
         as it goes and memory stays bounded.
         """
-        conn = await self._conn(db)
-        cursor = b"0"
-        while True:
-            cursor, found = await conn.execute("SCAN", cursor, "COUNT", SCAN_COUNT)
-            keys = [k for k in found if not is_internal(k)]
-            if keys:
-                yield await self.version({db: keys})
-            if cursor == b"0":
-                break
-        cursor = b"0"
-        while True:
-            cursor, meta_keys = await conn.execute(
-                "SCAN", cursor, "MATCH", INTERNAL_PREFIX + b"m:*", "COUNT", SCAN_COUNT
-            )
-            for meta_key in meta_keys:
-                async for report in self._sweep_meta_hash(conn, db, meta_key):
-                    yield report
-            if cursor == b"0":
-                break
-
-    async def _sweep_meta_hash(
-        self, conn: RespConnection, db: int, meta_key: bytes
-    ) -> AsyncIterator[VersionReport]:
-        cursor = b"0"
-        while True:
-            cursor, flat = await conn.execute("HSCAN", meta_key, cursor, "COUNT", SCAN_COUNT)
-            fields = flat[::2]
-            if fields:
-                # Only entries whose key is gone can be news here (present keys were just
-                # versioned by the key scan); EXISTS in one pipeline filters them.
-                exists = await conn.pipeline([("EXISTS", f) for f in fields])
-                gone = [f for f, e in zip(fields, exists, strict=True) if e == 0]
-                if gone:
-                    yield await self.version({db: gone})
-            if cursor == b"0":
-                break
+        conn = await self._conns.get(db)
+        async for keys in user_keys(conn):
+            yield await self.version({db: keys})
+        async for entries in metadata_entries(conn):
+            # Only entries whose key is gone can be news here (present keys were just
+            # versioned by the key scan); EXISTS in one pipeline filters them.
+            fields = [key for key, _ in entries]
+            exists = await conn.pipeline([("EXISTS", f) for f in fields])
+            gone = [f for f, e in zip(fields, exists, strict=True) if e == 0]
+            if gone:
+                yield await self.version({db: gone})

@@ -104,9 +104,12 @@ class ChangeConsumer:
                         )
                 except DecodeError as exc:
                     await self.dead_letters.send(
-                        payload, str(exc), topic=tp.topic, partition=tp.partition,
+                        payload,
+                        str(exc),
+                        topic=tp.topic,
+                        partition=tp.partition,
                         offset=record.offset,
-                    )  # fmt: skip
+                    )
                     continue
                 self.events += len(batch.events)
                 incoming.append(Incoming(tp.topic, tp.partition, record.offset, batch))

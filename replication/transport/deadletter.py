@@ -27,8 +27,11 @@ class DeadLetters:
         self.count += 1
         log.warning(
             "dead letter: topic=%s partition=%d offset=%d reason=%s",
-            topic, partition, offset, reason,
-        )  # fmt: skip
+            topic,
+            partition,
+            offset,
+            reason,
+        )
         headers = [
             ("reason", reason.encode()),
             ("source_topic", topic.encode()),

@@ -70,8 +70,10 @@ class Shipment:
                     log.warning(
                         "kafka did not acknowledge a record (partition=%d events=%d): %s; "
                         "re-sending",
-                        record.partition, record.events, exc,
-                    )  # fmt: skip
+                        record.partition,
+                        record.events,
+                        exc,
+                    )
                     failed.append(record)
             if not failed:
                 return

@@ -176,8 +176,11 @@ def test_a_region_restored_from_an_old_snapshot_converges_and_deletes_stay_delet
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "reconciler.cli", *args],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(240)

@@ -260,8 +260,11 @@ def test_a_sync_client_with_a_dead_region_closes_promptly(
     client = FailoverClient(config_for(regions, policy))
     for _ in range(10):
         client.set("k", "v")
-    wait_for(lambda: client.router.snapshot().regions[0].probes_failed > 0, timeout_s=5,
-             what="probes of the dead region")  # fmt: skip
+    wait_for(
+        lambda: client.router.snapshot().regions[0].probes_failed > 0,
+        timeout_s=5,
+        what="probes of the dead region",
+    )
     client.close()
     assert client.router.snapshot().regions[0].probes_ok == 0
 
@@ -280,8 +283,11 @@ def test_failback_reads_the_status_from_db_0_when_the_application_uses_another_d
                 client.set(f"k{i}", i)
             assert client.active_region == SECOND
             proxy.set_fault(Fault.none())
-            wait_for(lambda: client.active_region == HOME,
-                     timeout_s=POLICY.failback_healthy_s + SLACK_S, what="failback")  # fmt: skip
+            wait_for(
+                lambda: client.active_region == HOME,
+                timeout_s=POLICY.failback_healthy_s + SLACK_S,
+                what="failback",
+            )
             client.set("back", 1)
     with redis.Redis.from_url(home.url.replace("/0", "/3")) as db3:
         assert db3.get("back") == b"1"

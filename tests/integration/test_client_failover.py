@@ -238,8 +238,11 @@ def test_sync_client_moves_on_kill9_stays_away_while_repairing_returns_when_cons
 
         daemon.set(None)  # its daemon is on the same failed machine
         home.kill9()
-        moved_s = wait_for(lambda: client.active_region == SECOND,
-                           timeout_s=POLICY.window_s + SLACK_S, what="failover")  # fmt: skip
+        moved_s = wait_for(
+            lambda: client.active_region == SECOND,
+            timeout_s=POLICY.window_s + SLACK_S,
+            what="failover",
+        )
         assert moved_s <= POLICY.window_s + SLACK_S
         before = dbsize(three_regions[SECOND])
         served = load.ok
@@ -254,8 +257,11 @@ def test_sync_client_moves_on_kill9_stays_away_while_repairing_returns_when_cons
         assert dbsize(home) == 1  # only the status record: no application traffic
 
         daemon.set("consistent")
-        wait_for(lambda: client.active_region == HOME,
-                 timeout_s=POLICY.failback_healthy_s + SLACK_S, what="failback")  # fmt: skip
+        wait_for(
+            lambda: client.active_region == HOME,
+            timeout_s=POLICY.failback_healthy_s + SLACK_S,
+            what="failback",
+        )
         assert time.monotonic() - restarted_at >= POLICY.failback_healthy_s
         wait_for(lambda: dbsize(home) > 50, timeout_s=20, what="traffic back on eu-west")
 
@@ -293,8 +299,11 @@ async def test_async_client_moves_on_kill9_stays_away_while_repairing_returns_wh
                 await await_for(lambda: ok() > 500, timeout_s=20, what="traffic on home")
                 daemon.set(None)
                 home.kill9()
-                await await_for(lambda: client.active_region == SECOND,
-                                timeout_s=POLICY.window_s + SLACK_S, what="failover")  # fmt: skip
+                await await_for(
+                    lambda: client.active_region == SECOND,
+                    timeout_s=POLICY.window_s + SLACK_S,
+                    what="failover",
+                )
                 served = ok()
                 await await_for(lambda: ok() > served + 500, timeout_s=20, what="traffic")
                 await asyncio.to_thread(home.restart, keep_data=False)
@@ -305,9 +314,11 @@ async def test_async_client_moves_on_kill9_stays_away_while_repairing_returns_wh
                     assert client.active_region == SECOND, "failed back while repairing"
                     await asyncio.sleep(0.02)
                 await asyncio.to_thread(daemon.set, "consistent")
-                await await_for(lambda: client.active_region == HOME,
-                                timeout_s=POLICY.failback_healthy_s + SLACK_S,
-                                what="failback")  # fmt: skip
+                await await_for(
+                    lambda: client.active_region == HOME,
+                    timeout_s=POLICY.failback_healthy_s + SLACK_S,
+                    what="failback",
+                )
                 assert time.monotonic() - restarted_at >= POLICY.failback_healthy_s
                 served = ok()
                 await await_for(lambda: ok() > served + 300, timeout_s=20, what="traffic home")
@@ -419,19 +430,31 @@ def test_no_incr_is_lost_or_applied_twice_when_replies_are_lost_and_traffic_fail
             for thread in threads:
                 thread.start()
             try:
-                wait_for(lambda: sum(c.acked for c in counts) > 300, timeout_s=20,
-                         what="INCRs on the home region")  # fmt: skip
+                wait_for(
+                    lambda: sum(c.acked for c in counts) > 300,
+                    timeout_s=20,
+                    what="INCRs on the home region",
+                )
                 # Replies lost after the server executed (the dangerous case), requests lost
                 # before it did, and refused reconnects: all at once.
                 proxy.set_fault(
-                    Fault(drop_request_fraction=0.5, drop_after_forward=True,
-                          reset_connection_fraction=0.3)
-                )  # fmt: skip
-                wait_for(lambda: client.active_region != HOME, timeout_s=POLICY.window_s + SLACK_S,
-                         what="failover off the lossy region")  # fmt: skip
+                    Fault(
+                        drop_request_fraction=0.5,
+                        drop_after_forward=True,
+                        reset_connection_fraction=0.3,
+                    )
+                )
+                wait_for(
+                    lambda: client.active_region != HOME,
+                    timeout_s=POLICY.window_s + SLACK_S,
+                    what="failover off the lossy region",
+                )
                 acked = sum(c.acked for c in counts)
-                wait_for(lambda: sum(c.acked for c in counts) > acked + 300, timeout_s=20,
-                         what="INCRs after failover")  # fmt: skip
+                wait_for(
+                    lambda: sum(c.acked for c in counts) > acked + 300,
+                    timeout_s=20,
+                    what="INCRs after failover",
+                )
             finally:
                 stop.set()
                 for thread in threads:

@@ -121,12 +121,16 @@ async def test_an_intermittent_fault_above_the_threshold_fails_over_once_and_nev
             for n in range(THREADS):
                 group.create_task(worker(n, client))
             try:
-                await await_for(lambda: sum(c.acked for c in counts) > 300, timeout_s=20,
-                                what="traffic")  # fmt: skip
+                await await_for(
+                    lambda: sum(c.acked for c in counts) > 300, timeout_s=20, what="traffic"
+                )
                 flapping.set()
                 flapper = group.create_task(flap_the_link())
-                await await_for(lambda: client.active_region == SECOND,
-                                timeout_s=policy.window_s + SLACK_S, what="failover")  # fmt: skip
+                await await_for(
+                    lambda: client.active_region == SECOND,
+                    timeout_s=policy.window_s + SLACK_S,
+                    what="failover",
+                )
                 until = time.monotonic() + 3 * policy.failback_healthy_s
                 while time.monotonic() < until:
                     assert client.active_region == SECOND, client.router.snapshot().events
@@ -135,12 +139,17 @@ async def test_an_intermittent_fault_above_the_threshold_fails_over_once_and_nev
                 flapping.clear()
                 await flapper
                 await asyncio.to_thread(proxy.set_fault, Fault.none())
-                await await_for(lambda: client.active_region == HOME,
-                                timeout_s=policy.failback_healthy_s + SLACK_S,
-                                what="failback once the link is stable")  # fmt: skip
+                await await_for(
+                    lambda: client.active_region == HOME,
+                    timeout_s=policy.failback_healthy_s + SLACK_S,
+                    what="failback once the link is stable",
+                )
                 acked = sum(c.acked for c in counts)
-                await await_for(lambda: sum(c.acked for c in counts) > acked + 100, timeout_s=20,
-                                what="traffic after failback")  # fmt: skip
+                await await_for(
+                    lambda: sum(c.acked for c in counts) > acked + 100,
+                    timeout_s=20,
+                    what="traffic after failback",
+                )
             finally:
                 stop.set()
         snap = client.router.snapshot()
@@ -188,6 +197,9 @@ def test_a_timed_out_incr_is_reported_unknown_and_never_resent(
             assert info.value.region == HOME
             assert isinstance(info.value, redis.exceptions.TimeoutError)  # drop-in handlers
             proxy.set_fault(Fault.none())
-            wait_for(lambda: total_across(list(three_regions.values()), "once") == 1,
-                     timeout_s=5, what="the delayed INCR to land")  # fmt: skip
+            wait_for(
+                lambda: total_across(list(three_regions.values()), "once") == 1,
+                timeout_s=5,
+                what="the delayed INCR to land",
+            )
     assert total_across(list(three_regions.values()), "once") == 1

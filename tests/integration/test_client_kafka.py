@@ -102,8 +102,9 @@ async def test_failover_events_and_snapshots_stream_to_kafka_and_the_monitor_lis
                 def fail_over() -> None:
                     for _ in range(20):
                         sync_client.set("s", 2)  # resent to us-east each time
-                    wait_for(lambda: sync_client.active_region == SECOND, timeout_s=5,
-                             what="failover")  # fmt: skip
+                    wait_for(
+                        lambda: sync_client.active_region == SECOND, timeout_s=5, what="failover"
+                    )
 
                 await asyncio.to_thread(fail_over)
                 ids = {sync_client.instance_id, async_client.instance_id}

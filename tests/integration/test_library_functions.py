@@ -122,9 +122,15 @@ def test_apply_defers_on_an_uncaptured_local_delete_but_not_on_an_expiry(
 
     reset(library_redis, key)
     expired = ChangeEvent(
-        0, key, Kind.STRING, b"v", 1000, VectorClock({"us-east": 1}), "us-east",
+        0,
+        key,
+        Kind.STRING,
+        b"v",
+        1000,
+        VectorClock({"us-east": 1}),
+        "us-east",
         value_digest(Kind.STRING, b"v", 1000),
-    )  # fmt: skip
+    )
     assert apply(library_redis, expired) == "applied"
     assert library_redis.exists(key) == 0  # written already expired: nothing stored
     assert apply(library_redis, make_event(key, {"us-east": 2}, "us-east", b"v2")) == "applied"

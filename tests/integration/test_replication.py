@@ -217,8 +217,16 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_replication_goes_
     topic = regions.topic(source)
     await produce_raw(regions.kafka.bootstrap, topic, b"\x93\x01not a batch")
     # Well-formed, but the value does not match the digest: the applier refuses it.
-    bad = [0, b"tampered", int(Kind.STRING), b"evil", 0, [source, 10**9], source,
-           value_digest(Kind.STRING, b"good")]  # fmt: skip
+    bad = [
+        0,
+        b"tampered",
+        int(Kind.STRING),
+        b"evil",
+        0,
+        [source, 10**9],
+        source,
+        value_digest(Kind.STRING, b"good"),
+    ]
     await produce_raw(
         regions.kafka.bootstrap, topic, msgpack.packb([SCHEMA_VERSION, source, [bad]])
     )

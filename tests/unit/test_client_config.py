@@ -100,20 +100,29 @@ def test_every_policy_key_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("[policy]\ntreshold = 0.5\n",
-         "client.toml: [policy] unknown key 'treshold' (did you mean 'error_rate_threshold'?)"),
-        ("[policy]\nerror_rate_threshold = 0\n",
-         "client.toml: [policy] 'error_rate_threshold' = 0.0: expected > 0 and <= 1"),
-        ("[policy]\nmin_requests = 0\n",
-         "client.toml: [policy] 'min_requests' = 0: expected >= 1"),
-        ("[policy]\ncommand_timeout_s = \"1s\"\n",
-         "client.toml: [policy] 'command_timeout_s' = '1s': expected a number"),
-        ("[policy]\nretry_commands = [\"GET\", \"\"]\n",
-         "client.toml: [policy] 'retry_commands': expected command names such as 'GET'"),
-        ("[kafka]\ntopic_prefix = \"x\"\n",
-         "client.toml: [kafka] missing required key 'bootstrap_servers'"),
+        (
+            "[policy]\ntreshold = 0.5\n",
+            "client.toml: [policy] unknown key 'treshold' (did you mean 'error_rate_threshold'?)",
+        ),
+        (
+            "[policy]\nerror_rate_threshold = 0\n",
+            "client.toml: [policy] 'error_rate_threshold' = 0.0: expected > 0 and <= 1",
+        ),
+        ("[policy]\nmin_requests = 0\n", "client.toml: [policy] 'min_requests' = 0: expected >= 1"),
+        (
+            '[policy]\ncommand_timeout_s = "1s"\n',
+            "client.toml: [policy] 'command_timeout_s' = '1s': expected a number",
+        ),
+        (
+            '[policy]\nretry_commands = ["GET", ""]\n',
+            "client.toml: [policy] 'retry_commands': expected command names such as 'GET'",
+        ),
+        (
+            '[kafka]\ntopic_prefix = "x"\n',
+            "client.toml: [kafka] missing required key 'bootstrap_servers'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_policy_values_are_rejected_naming_the_key(
     tmp_path: Path, body: str, message: str
 ) -> None:

@@ -49,24 +49,32 @@ from reconciler.client.health import (
         (AuthenticationError("WRONGPASS"), False, ErrorKind.NOT_SENT),
         (BusyLoadingError("Redis is loading the dataset in memory"), True, ErrorKind.REJECTED),
         (ReadOnlyError("You can't write against a read only replica."), True, ErrorKind.REJECTED),
-        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), True,
-         ErrorKind.REJECTED),
+        (
+            OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+            True,
+            ErrorKind.REJECTED,
+        ),
         (ClusterDownError("The cluster is down"), True, ErrorKind.REJECTED),
-        (MasterDownError("Link with MASTER is down", status_code="MASTERDOWN"), True,
-         ErrorKind.REJECTED),
+        (
+            MasterDownError("Link with MASTER is down", status_code="MASTERDOWN"),
+            True,
+            ErrorKind.REJECTED,
+        ),
         (ResponseError("MASTERDOWN Link with MASTER is down"), True, ErrorKind.REJECTED),
-        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), True,
-         ErrorKind.APPLICATION),
+        (
+            ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            True,
+            ErrorKind.APPLICATION,
+        ),
         (ResponseError("ERR syntax error"), True, ErrorKind.APPLICATION),
-        (ResponseError("ERR value is not an integer or out of range"), True,
-         ErrorKind.APPLICATION),
+        (ResponseError("ERR value is not an integer or out of range"), True, ErrorKind.APPLICATION),
         (NoScriptError("No matching script"), True, ErrorKind.APPLICATION),
         (NoPermissionError("this user has no permissions"), True, ErrorKind.APPLICATION),
         (WatchError("Watched variable changed"), True, ErrorKind.APPLICATION),
         (DataError("Invalid input of type: 'dict'"), False, ErrorKind.APPLICATION),
         (MaxConnectionsError("Too many connections"), False, ErrorKind.LOCAL),
     ],
-)  # fmt: skip
+)
 def test_errors_are_classified_as_region_failures_or_application_errors(
     exc: Exception, sent: bool, kind: ErrorKind
 ) -> None:
@@ -97,15 +105,29 @@ def test_command_name_handles_bytes_lower_case_and_two_word_commands() -> None:
 def test_the_default_retry_policy_resends_reads_and_idempotent_writes_only() -> None:
     policy = RetryPolicy(PolicyConfig().retry_commands)
     resendable: list[tuple[object, ...]] = [
-        ("GET", "k"), ("MGET", "a", "b"), ("SET", "k", "v"), ("SET", "k", "v", "EX", 5),
-        ("HSET", "h", "f", "v"), ("DEL", "k"), ("ZADD", "z", 1, "m"), ("ping",),
-    ]  # fmt: skip
+        ("GET", "k"),
+        ("MGET", "a", "b"),
+        ("SET", "k", "v"),
+        ("SET", "k", "v", "EX", 5),
+        ("HSET", "h", "f", "v"),
+        ("DEL", "k"),
+        ("ZADD", "z", 1, "m"),
+        ("ping",),
+    ]
     never: list[tuple[object, ...]] = [
-        ("INCR", "k"), ("INCRBY", "k", 2), ("LPUSH", "l", "x"), ("APPEND", "k", "x"),
-        ("SET", "lock", "me", "NX"), ("SET", "k", "v", b"xx"), ("SET", "k", "v", "GET"),
-        ("ZADD", "z", "INCR", 1, "m"), ("EVAL", "return 1", 0), ("EXPIRE", "k", 10),
-        ("GETDEL", "k"), ("HINCRBY", "h", "f", 1),
-    ]  # fmt: skip
+        ("INCR", "k"),
+        ("INCRBY", "k", 2),
+        ("LPUSH", "l", "x"),
+        ("APPEND", "k", "x"),
+        ("SET", "lock", "me", "NX"),
+        ("SET", "k", "v", b"xx"),
+        ("SET", "k", "v", "GET"),
+        ("ZADD", "z", "INCR", 1, "m"),
+        ("EVAL", "return 1", 0),
+        ("EXPIRE", "k", 10),
+        ("GETDEL", "k"),
+        ("HINCRBY", "h", "f", 1),
+    ]
     for args in resendable:
         assert policy.allows(args), args
     for args in never:

@@ -26,22 +26,37 @@ def test_an_empty_hash_is_no_status_not_an_error() -> None:
     [
         ({"state": "consistent"}, "lacks field"),
         (
-            {"state": "happy", "region": "a", "since_ms": "1", "last_repair_ms": "0",
-             "updated_ms": "1"},
+            {
+                "state": "happy",
+                "region": "a",
+                "since_ms": "1",
+                "last_repair_ms": "0",
+                "updated_ms": "1",
+            },
             "not one of consistent",
         ),
         (
-            {"state": "consistent", "region": "a", "since_ms": "soon", "last_repair_ms": "0",
-             "updated_ms": "1"},
+            {
+                "state": "consistent",
+                "region": "a",
+                "since_ms": "soon",
+                "last_repair_ms": "0",
+                "updated_ms": "1",
+            },
             "non-integer",
         ),
         (
-            {"state": "consistent", "region": "", "since_ms": "1", "last_repair_ms": "0",
-             "updated_ms": "1"},
+            {
+                "state": "consistent",
+                "region": "",
+                "since_ms": "1",
+                "last_repair_ms": "0",
+                "updated_ms": "1",
+            },
             "without a region",
         ),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_record_is_rejected_with_the_reason(
     fields: dict[str, str], message: str
 ) -> None:

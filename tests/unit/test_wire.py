@@ -37,11 +37,14 @@ def test_random_bytes_only_raise_decode_error(data: bytes) -> None:
 
 
 mutations = st.lists(
-    st.tuples(st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000),
-              st.integers(0, 255)),
+    st.tuples(
+        st.sampled_from(["flip", "cut", "insert", "delete"]),
+        st.integers(0, 10_000),
+        st.integers(0, 255),
+    ),
     min_size=1,
     max_size=4,
-)  # fmt: skip
+)
 
 
 def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:

@@ -1,0 +1,32 @@
+"""Connections to one region's Redis, one per database, each with the function library
+loaded; a connection that broke is reopened (and the library reloaded) on next use."""
+
+from __future__ import annotations
+
+from replication.library import ensure_library
+from replication.resp import RedisAddress, RespConnection
+
+
+class LibraryConnections:
+    def __init__(self, address: RedisAddress) -> None:
+        self.address = address
+        self._conns: dict[int, RespConnection] = {}
+
+    async def get(self, db: int) -> RespConnection:
+        """The connection for `db` (opened, authenticated, library loaded)."""
+        conn = self._conns.get(db)
+        if conn is None or conn.closed:
+            conn = await RespConnection.open(self.address.for_db(db))
+            try:
+                await ensure_library(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conns[db] = conn
+        return conn
+
+    async def close(self) -> None:
+        """Close every connection; safe to call twice."""
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            await conn.close()
