@@ -109,9 +109,13 @@ async def values_at(port: int, keys: list[bytes]) -> list[bytes | None]:
 def run(n: int, divergent: list[int]) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-ae-"))
     broker = KafkaBroker(base, heap_mb=1024)
-    servers = {r: RedisServer(r, base, config={"appendonly": "no"}) for r in (A, B)}
+    # A backlog big enough for the injected divergence: overflowing it would be a capture
+    # gap, whose (correct) automatic repair would race the measured session.
+    big = {"appendonly": "no", "repl-backlog-size": "512mb"}
+    servers = {r: RedisServer(r, base, config=big) for r in (A, B)}
     daemons: dict[str, DaemonProcess] = {}
     rows = []
+    ok = False
     try:
         broker.start()
         for server in servers.values():
@@ -184,13 +188,17 @@ def run(n: int, divergent: list[int]) -> None:
                 ]
             )
             print(rows[-1])
+        ok = True
     finally:
         for daemon in daemons.values():
             daemon.stop()
         for server in servers.values():
             server.stop()
         broker.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if ok:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base} for inspection")
 
     body = (
         f"Two regions with {n:,} string keys each ({VALUE_BYTES}-byte values) and identical\n"

@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,7 @@ class Daemon:
         self._queued: set[tuple[str, str]] = set()
         self._stopping = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
+        self._spawned: set[asyncio.Task[None]] = set()
         self._recovering: asyncio.Lock = asyncio.Lock()
         self._signals = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -482,12 +483,14 @@ class Daemon:
         }
 
     # ----------------------------------------------------------------------- lifecycle
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background job in the daemon's task group; it is cancelled at shutdown."""
         if self._group is None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+            coro.close()  # not running (yet, or any more): nothing to do it for
             return
-        self._group.create_task(coro)  # type: ignore[arg-type]
+        task = self._group.create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
 
     def request_stop(self) -> None:
         """Graceful stop (SIGTERM). A second request forces it."""
@@ -585,7 +588,7 @@ class Daemon:
                     await asyncio.gather(*main)
             except TimeoutError:
                 log.warning("graceful stop took longer than %.0fs; cancelling", STOP_DEADLINE_S)
-            for task in main + services:
+            for task in [*main, *services, *self._spawned]:
                 task.cancel()
         self._group = None
         self._save_clock_floor()

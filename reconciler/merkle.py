@@ -133,6 +133,33 @@ def leaf_hash(entries: Mapping[bytes, Meta]) -> tuple[int, int]:
     return total & MASK, live
 
 
+# A stored record starts with a 5-array header and the 16-byte digest as a fixed string
+# (what Redis's cmsgpack writes), so the digest can be sliced out without decoding.
+_RECORD_HEAD = b"\x95\xb0"
+
+
+def digest_of_record(raw: bytes) -> bytes | None:
+    """The digest of a stored metadata record, cheaply; None if it is not readable."""
+    if raw[:2] == _RECORD_HEAD and len(raw) >= 2 + DIGEST_BYTES:
+        return raw[2 : 2 + DIGEST_BYTES]
+    try:
+        return decode_meta(raw).digest
+    except DecodeError:
+        return None
+
+
+def leaf_hash_of_records(flat: list[bytes]) -> tuple[int, int]:
+    """(sum, live keys) of a leaf straight from HGETALL's flat [key, record, ...]: only the
+    digests matter (a tombstone's is the tombstone digest), so nothing is fully decoded."""
+    total = live = 0
+    for key, raw in zip(flat[::2], flat[1::2], strict=True):
+        digest = digest_of_record(raw)
+        if digest is not None and digest != TOMBSTONE_DIGEST:
+            total += xxhash.xxh3_64_intdigest(key + digest)
+            live += 1
+    return total & MASK, live
+
+
 async def read_slot(conn: RespConnection, slot: int) -> dict[bytes, Meta]:
     """Every metadata entry of one slot (HSCAN, so a big slot does not block Redis)."""
     entries: dict[bytes, Meta] = {}
@@ -166,7 +193,7 @@ async def rebuild(
         big = [s for s, n in zip(slots, sizes, strict=True) if n > 2000]
         replies = await conn.pipeline([("HGETALL", meta_key(s)) for s in small])
         for slot, flat in zip(small, replies, strict=True):
-            leaves[slot], live = leaf_hash(leaf_entries(flat))
+            leaves[slot], live = leaf_hash_of_records(flat)
             tree.keys += live
         for slot in big:
             leaves[slot], live = leaf_hash(await read_slot(conn, slot))

@@ -4,7 +4,7 @@ a cmsgpack array {digest, origin, expire_at_ms, deleted, flat clock} in the key'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 
@@ -13,9 +13,12 @@ from replication.errors import DecodeError
 from replication.vclock import VectorClock
 
 
-@dataclass(frozen=True, slots=True)
-class Meta:
-    """What a region knows about one key's current version."""
+class Meta(NamedTuple):
+    """What a region knows about one key's current version.
+
+    A NamedTuple rather than a dataclass: anti-entropy decodes one per entry of every
+    differing slot, and tuples are built in C.
+    """
 
     digest: bytes
     origin: str  # the region whose write this version is
@@ -37,19 +40,34 @@ class Meta:
 
 
 def decode_meta(raw: bytes) -> Meta:
-    """Decode a stored metadata record; DecodeError if it is not one."""
+    """Decode a stored metadata record; DecodeError if it is not one.
+
+    Hot in anti-entropy (every entry of a differing slot), so it validates inline and
+    builds the clock without the generic constructor's checks.
+    """
     try:
-        fields = msgpack.unpackb(raw, raw=True, strict_map_key=True)
-        digest, origin, expire_at, deleted, flat = fields
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
-            raise DecodeError("metadata digest is not 16 bytes")
-        if not isinstance(origin, bytes) or not isinstance(expire_at, int):
-            raise DecodeError("metadata origin/expiry malformed")
-        clock = VectorClock.from_flat(flat)
-        return Meta(digest, origin.decode(), expire_at, deleted == 1, clock)
-    except DecodeError:
-        raise
-    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+        fields = msgpack.unpackb(raw, raw=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"malformed metadata record: {exc}") from exc
+    if type(fields) is not list or len(fields) != 5:
+        raise DecodeError("metadata record is not a 5-item array")
+    digest, origin, expire_at, deleted, flat = fields
+    if type(digest) is not bytes or len(digest) != DIGEST_BYTES:
+        raise DecodeError("metadata digest is not 16 bytes")
+    if type(origin) is not bytes or type(expire_at) is not int or type(flat) is not list:
+        raise DecodeError("metadata origin/expiry/clock malformed")
+    if len(flat) % 2:
+        raise DecodeError("metadata clock has an odd number of items")
+    entries: dict[str, int] = {}
+    try:
+        for i in range(0, len(flat), 2):
+            count = flat[i + 1]
+            if type(count) is not int or count < 0:
+                raise DecodeError("metadata clock entry is not a non-negative integer")
+            if count:
+                entries[flat[i].decode()] = count
+        return Meta(digest, origin.decode(), expire_at, deleted == 1, VectorClock._trusted(entries))
+    except (AttributeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed metadata record: {exc}") from exc
 
 

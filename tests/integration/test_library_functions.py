@@ -204,3 +204,18 @@ def test_version_skips_expiries_and_refuses_streams(library_redis: redis.Redis) 
     result = version(library_redis, b"stream", 100)
     assert result.status is VersionStatus.UNSUPPORTED
     assert result.unsupported_type == "stream"
+
+
+def test_stored_records_have_the_layout_the_index_slices_digests_from(
+    library_redis: redis.Redis,
+) -> None:
+    from reconciler.merkle import digest_of_record
+
+    key = b"layout"
+    reset(library_redis, key)
+    event = make_event(key, {"us-east": 7}, "us-east", b"value")
+    assert apply(library_redis, event) == "applied"
+    raw = library_redis.hget(meta_key_for(key), key)
+    assert raw is not None
+    assert raw[:2] == b"\x95\xb0"  # 5-array, 16-byte string: no decoding needed
+    assert digest_of_record(raw) == event.digest == decode_meta(raw).digest

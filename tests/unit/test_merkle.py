@@ -79,3 +79,16 @@ def test_tree_shape_covers_every_slot() -> None:
 def test_buckets_are_stable_and_in_range(ks: list[bytes], n: int) -> None:
     assert all(0 <= bucket_of(k, n) < n for k in ks)
     assert [bucket_of(k, n) for k in ks] == [bucket_of(k, n) for k in ks]
+
+
+@given(operations)
+def test_the_fast_leaf_hash_from_raw_records_equals_the_decoded_one(
+    ops: list[tuple[bytes, bytes]],
+) -> None:
+    from reconciler.merkle import leaf_hash, leaf_hash_of_records
+    from replication.metadata import encode_meta
+
+    state = dict(ops)
+    entries = {k: meta(d) for k, d in state.items()}
+    flat = [x for k, m in entries.items() for x in (k, encode_meta(m))]
+    assert leaf_hash_of_records(flat) == leaf_hash(entries)
