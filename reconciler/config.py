@@ -88,10 +88,16 @@ class CaptureSection:
     max_batch_commands: int = setting(2000, ge=1)
     max_in_flight_batches: int = setting(8, ge=1)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass(frozen=True)
 class ApplySection:
     max_records_per_poll: int = setting(500, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,9 @@ class HeartbeatSection:
     interval_s: float = setting(1.0, gt=0)
     peer_timeout_s: float = setting(5.0, gt=0)
     """A peer silent this long is down; when it is heard again, anti-entropy runs with it."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,9 @@ class AntiEntropySection:
     """A differing slot is split into buckets of about this many keys before keys are
     exchanged, so bytes grow with the divergent keys, not with the keyspace."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass(frozen=True)
 class TombstoneSection:
@@ -130,11 +142,17 @@ class TombstoneSection:
     """Never removed before this age, even when every peer is caught up."""
     gc_interval_s: float = setting(300.0, gt=0)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass(frozen=True)
 class StatusSection:
     refresh_s: float = setting(1.0, gt=0)
     ttl_s: float = setting(5.0, gt=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -143,10 +161,16 @@ class AdminSection:
     port: int = setting(9300, ge=0, le=65535)
     """Health, Prometheus metrics and repair/resync triggers; 0 picks a free port."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass(frozen=True)
 class ClockSection:
     max_drift_ms: int = setting(60_000, ge=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
