@@ -62,23 +62,28 @@ class Regions:
         redis_factory: RedisFactory,
         names: tuple[str, ...] = REGIONS,
         overrides: dict[str, Any] | None = None,
+        redis_config: dict[str, str] | None = None,
+        daemon_user: str | None = None,
     ) -> None:
         self.base = base
         self.kafka = kafka
         self.names = names
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.servers = {n: redis_factory.start(n) for n in names}
+        self.servers = {n: redis_factory.start(n, **(redis_config or {})) for n in names}
         self.daemons: dict[str, DaemonProcess] = {}
         self.clients = {
             n: redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=10)
             for n, s in self.servers.items()
         }
         for name in names:
+            url = self.servers[name].url
+            if daemon_user:
+                url = url.replace("redis://", f"redis://{daemon_user}@")
             config = write_config(
                 base / "configs",
                 name,
                 [p for p in names if p != name],
-                self.servers[name].url,
+                url,
                 kafka.bootstrap,
                 topic_prefix=self.prefix,
                 overrides=overrides,
