@@ -50,7 +50,8 @@ from reconciler.merkle import (
     children,
     entry_hash,
     leaf_entries,
-    leaf_hash,
+    leaf_hash_of_records,
+    live_digest,
 )
 from reconciler.repair import RepairShipper
 from reconciler.reports import KeyDecision, RepairReport
@@ -86,23 +87,28 @@ def is_live(meta: Meta | None, now: int) -> bool:
     return meta is not None and meta.is_live(now)
 
 
-def bucket_hashes(entries: Mapping[bytes, Meta], buckets: int, now: int) -> list[int]:
+Records = dict[bytes, bytes]  # key -> raw stored metadata record, as HGETALL returns it
+
+
+def bucket_hashes(records: Records, buckets: int, now: int) -> list[int]:
     """Per-bucket sums of the live entries' terms."""
     sums = [0] * buckets
-    for key, meta in entries.items():
-        if meta.is_live(now):
+    for key, raw in records.items():
+        digest = live_digest(raw, now)
+        if digest is not None:
             b = bucket_of(key, buckets)
-            sums[b] = (sums[b] + entry_hash(key, meta.digest)) & MASK
+            sums[b] = (sums[b] + entry_hash(key, digest)) & MASK
     return sums
 
 
 TAG_BYTES = 8
 
 
-def tag_of(meta: Meta, now: int) -> bytes:
+def tag_of(raw: bytes, now: int) -> bytes:
     """What the first exchange of entries compares: a digest prefix for a live key, empty
     for one that is logically absent (deleted or expired)."""
-    return meta.digest[:TAG_BYTES] if meta.is_live(now) else b""
+    digest = live_digest(raw, now)
+    return digest[:TAG_BYTES] if digest is not None else b""
 
 
 def _version(meta: Meta) -> Version:
@@ -160,10 +166,14 @@ def decide(mine: Meta | None, theirs: Meta | None, now: int) -> Decision | None:
     return Decision("exchange", winner, res.reason)
 
 
-async def read_slots(conn: RespConnection, slots: Sequence[int]) -> dict[int, dict[bytes, Meta]]:
-    """Fresh metadata of several slots from Redis (one round trip)."""
+async def read_slots(conn: RespConnection, slots: Sequence[int]) -> dict[int, Records]:
+    """Fresh metadata records of several slots from Redis (one round trip), undecoded:
+    the comparison reads digests and expiries straight from them."""
     replies = await conn.pipeline([("HGETALL", meta_key(s)) for s in slots])
-    return {s: leaf_entries(flat) for s, flat in zip(slots, replies, strict=True)}
+    return {
+        s: dict(zip(flat[::2], flat[1::2], strict=True))
+        for s, flat in zip(slots, replies, strict=True)
+    }
 
 
 class AntiEntropy:
@@ -323,13 +333,13 @@ class AntiEntropy:
         self._tree(db)
         want = [(int(s), int(n), set(bs)) for s, n, bs in body["want"]]
         conn = await self._conn(int(db))  # type: ignore[arg-type]
-        entries = await read_slots(conn, [s for s, _, _ in want])
+        records = await read_slots(conn, [s for s, _, _ in want])
         now = now_ms()
         out: list[list[bytes]] = []
         for slot, n, buckets in want:
             out += [
-                [key, tag_of(meta, now)]
-                for key, meta in entries[slot].items()
+                [key, tag_of(raw, now)]
+                for key, raw in records[slot].items()
                 if bucket_of(key, n) in buckets
             ]
         return {"entries": out}
@@ -369,9 +379,9 @@ class AntiEntropy:
             sample += [k.decode("utf-8", "backslashreplace") for k in bad[: 20 - len(sample)]]
         return {"checked": checked, "inconsistent": inconsistent, "sample": sample}
 
-    def _refresh_leaf(self, tree: MerkleTree, slot: int, entries: Mapping[bytes, Meta]) -> None:
+    def _refresh_leaf(self, tree: MerkleTree, slot: int, records: Records) -> None:
         """Correct the in-memory leaf if it drifted from Redis (then the tree is exact)."""
-        fresh, _ = leaf_hash(entries)
+        fresh, _ = leaf_hash_of_records([x for pair in records.items() for x in pair])
         if tree.levels[LEAF_LEVEL][slot] != fresh:
             tree.set_leaf(slot, fresh)
 
@@ -499,7 +509,7 @@ class AntiEntropy:
         sizes = {}
         for slot in slots:
             self._refresh_leaf(tree, slot, mine[slot])
-            live = sum(1 for m in mine[slot].values() if m.is_live(now))
+            live = sum(1 for raw in mine[slot].values() if live_digest(raw, now) is not None)
             sizes[slot] = max(1, math.ceil(live / self.settings.keys_per_bucket))
         body = await self._request(
             report, session, "buckets", db=db, slots=[[s, sizes[s]] for s in slots]
@@ -515,18 +525,23 @@ class AntiEntropy:
             return 0.0
         body = await self._request(report, session, "entries", db=db, want=want)
         theirs_tags: dict[bytes, bytes] = {bytes(k): bytes(t) for k, t in body["entries"]}
-        mine_entries: dict[bytes, Meta] = {}
+        mine_records: Records = {}
         for slot, n, diff in want:
             buckets = set(diff)
-            mine_entries.update((k, m) for k, m in mine[slot].items() if bucket_of(k, n) in buckets)
+            mine_records.update(
+                (k, raw) for k, raw in mine[slot].items() if bucket_of(k, n) in buckets
+            )
         # Only keys whose tags differ go on; fetch the peer's metadata for those it has.
         candidates = [
             k
-            for k in mine_entries.keys() | theirs_tags.keys()
-            if (tag_of(mine_entries[k], now) if k in mine_entries else b"")
+            for k in mine_records.keys() | theirs_tags.keys()
+            if (tag_of(mine_records[k], now) if k in mine_records else b"")
             != theirs_tags.get(k, b"")
         ]
-        report.keys_compared += len(mine_entries.keys() | theirs_tags.keys())
+        report.keys_compared += len(mine_records.keys() | theirs_tags.keys())
+        mine_entries = leaf_entries(
+            [x for k in candidates if k in mine_records for x in (k, mine_records[k])]
+        )
         needed = [k for k in candidates if k in theirs_tags]
         theirs_entries: dict[bytes, Meta] = {}
         for i in range(0, len(needed), SHIP_KEYS_PER_REQUEST):

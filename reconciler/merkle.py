@@ -148,6 +148,35 @@ def digest_of_record(raw: bytes) -> bytes | None:
         return None
 
 
+def _int_at(raw: bytes, pos: int) -> int | None:
+    """A non-negative msgpack integer at raw[pos] (the forms Redis's cmsgpack writes)."""
+    tag = raw[pos]
+    if tag <= 0x7F:
+        return tag
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(tag)
+    if width is None or pos + 1 + width > len(raw):
+        return None
+    return int.from_bytes(raw[pos + 1 : pos + 1 + width], "big")
+
+
+def live_digest(raw: bytes, now_ms: int) -> bytes | None:
+    """The digest of a stored record if its key is live (neither deleted nor expired at
+    `now_ms`), else None. Reads the fixed layout (digest, then the origin as a short string,
+    then the expiry) without decoding; falls back to a full decode otherwise."""
+    if raw[:2] == _RECORD_HEAD and len(raw) > 19 and 0xA0 <= raw[18] <= 0xBF:
+        digest = raw[2 : 2 + DIGEST_BYTES]
+        if digest == TOMBSTONE_DIGEST:
+            return None
+        expire_at = _int_at(raw, 19 + (raw[18] & 0x1F))
+        if expire_at is not None:
+            return digest if not 0 < expire_at <= now_ms else None
+    try:
+        meta = decode_meta(raw)
+    except DecodeError:
+        return None
+    return meta.digest if meta.is_live(now_ms) else None
+
+
 def leaf_hash_of_records(flat: list[bytes]) -> tuple[int, int]:
     """(sum, live keys) of a leaf straight from HGETALL's flat [key, record, ...]: only the
     digests matter (a tombstone's is the tombstone digest), so nothing is fully decoded."""

@@ -219,3 +219,29 @@ def test_stored_records_have_the_layout_the_index_slices_digests_from(
     assert raw is not None
     assert raw[:2] == b"\x95\xb0"  # 5-array, 16-byte string: no decoding needed
     assert digest_of_record(raw) == event.digest == decode_meta(raw).digest
+
+
+def test_liveness_is_read_correctly_from_records_redis_wrote(library_redis: redis.Redis) -> None:
+    from reconciler.merkle import live_digest
+
+    key = b"expiring-record"
+    reset(library_redis, key)
+    expire_at = 4_102_444_800_000  # 2100
+    event = ChangeEvent(
+        0,
+        key,
+        Kind.STRING,
+        b"v",
+        expire_at,
+        VectorClock({"us-east": 3}),
+        "us-east",
+        value_digest(Kind.STRING, b"v", expire_at),
+    )
+    assert apply(library_redis, event) == "applied"
+    raw = library_redis.hget(meta_key_for(key), key)
+    assert raw is not None
+    assert live_digest(raw, expire_at - 1) == event.digest
+    assert live_digest(raw, expire_at) is None
+    tomb = make_event(key, {"us-east": 4}, "us-east", None)  # a remote delete
+    assert apply(library_redis, tomb) == "applied"
+    assert live_digest(library_redis.hget(meta_key_for(key), key), 0) is None  # type: ignore[arg-type]

@@ -59,9 +59,7 @@ def test_mistakes_are_named(tmp_path: Path, extra: str, message: str) -> None:
         load_config(write(tmp_path, text))
 
 
-@pytest.mark.parametrize(
-    "peers", ['["eu-west"]', '["us-east", "us-east"]', '["US East"]']
-)
+@pytest.mark.parametrize("peers", ['["eu-west"]', '["us-east", "us-east"]', '["US East"]'])
 def test_bad_peer_lists_are_refused(tmp_path: Path, peers: str) -> None:
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, MINIMAL.replace('["us-east"]', peers)))

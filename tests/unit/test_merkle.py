@@ -92,3 +92,20 @@ def test_the_fast_leaf_hash_from_raw_records_equals_the_decoded_one(
     entries = {k: meta(d) for k, d in state.items()}
     flat = [x for k, m in entries.items() for x in (k, encode_meta(m))]
     assert leaf_hash_of_records(flat) == leaf_hash(entries)
+
+
+@given(
+    digest=st.sampled_from([b"a" * 16, TOMBSTONE_DIGEST]),
+    expire=st.sampled_from([0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32, 1_800_000_000_000]),
+    origin=st.sampled_from(["eu-west", "x", "a-very-long-region-name-of-31-ch"]),
+    now=st.sampled_from([0, 200, 1_800_000_000_000, 1_900_000_000_000]),
+)
+def test_liveness_read_from_raw_records_equals_the_decoded_one(
+    digest: bytes, expire: int, origin: str, now: int
+) -> None:
+    from reconciler.merkle import live_digest
+    from replication.metadata import encode_meta
+
+    m = Meta(digest, origin, expire, digest == TOMBSTONE_DIGEST, CLOCK)
+    expected = m.digest if m.is_live(now) else None
+    assert live_digest(encode_meta(m), now) == expected
