@@ -349,13 +349,18 @@ class Daemon:
             self._update_status()
 
     async def _settle(self, peer: str) -> None:
-        """Wait until replication with `peer` has caught up both ways (bounded): what is
-        still in flight is not divergence, and repairing it would ship it twice."""
+        """Wait until replication has caught up (bounded): we have consumed every peer's
+        topic and `peer` reports it has consumed every topic too. Changes still in flight
+        (from any region, not only these two) are not divergence, and repairing them would
+        ship them twice."""
         deadline = time.monotonic() + self.config.antientropy.settle_timeout_s
+        others = set(self.config.peers)
         while time.monotonic() < deadline:
-            ours = (await self.consumer.lag()).get(peer)
-            theirs = self.peers.state[peer].lag.get(self.region)
-            if ours == 0 and theirs == 0:
+            ours = await self.consumer.lag()
+            theirs = self.peers.state[peer].lag
+            ours_done = set(ours) == others and not any(ours.values())
+            theirs_done = self.region in theirs and not any(theirs.values())
+            if ours_done and theirs_done:
                 return
             await asyncio.sleep(0.2)
         log.info("replication with %s not caught up; repairing anyway", peer)

@@ -10,6 +10,7 @@ every record of the batch and of all batches before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,21 +67,32 @@ class Outbound:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
-            reader = group.create_task(self._read())
             acker = group.create_task(self._ack())
-            await self._stopping.wait()
-            reader.cancel()  # stop reading; what is already in flight still completes
-            try:
-                await reader
-            except asyncio.CancelledError:
-                if not reader.cancelled():
-                    raise
+            await self._read()
             await self._in_flight.put(None)  # the acker finishes what is queued, then returns
             await acker
 
     async def _read(self) -> None:
-        async for batch in self.source.batches():
-            await self.handle(batch)
+        """Take batches until stopped. A stop interrupts the wait for the next batch, never
+        the handling of one: a batch half versioned would have to be replayed."""
+        batches = aiter(self.source.batches())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                following = asyncio.ensure_future(anext(batches))
+                await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    return
+                try:
+                    batch = following.result()
+                except StopAsyncIteration:
+                    return
+                await self.handle(batch)
+        finally:
+            stopping.cancel()
 
     async def handle(self, batch: CaptureBatch) -> None:
         """Version one capture batch and hand its events to Kafka."""
