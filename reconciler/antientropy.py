@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from reconciler.config import AntiEntropySection
 from reconciler.control import ControlChannel, ControlMessage
 from reconciler.merkle import (
@@ -71,6 +73,22 @@ REPLY = "ae.reply"
 SLOTS_PER_CHUNK = 128
 CHUNKS_IN_FLIGHT = 4
 SHIP_KEYS_PER_REQUEST = 2000
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) group that is not a cancellation."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    for leaf in leaves:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return leaves[0] if leaves else group
 
 
 class SessionError(ReconcilerError):
@@ -431,7 +449,7 @@ class AntiEntropy:
                 await self._verify_data(report, session)
             report.finish("ok")
             self.sessions_ok += 1
-        except (SessionError, ReconcilerError, OSError) as exc:
+        except (SessionError, ReconcilerError, OSError, KafkaError) as exc:
             report.finish("failed", str(exc))
             self.sessions_failed += 1
             log.warning("anti-entropy session failed: peer=%s error=%s", peer, exc)
@@ -474,11 +492,16 @@ class AntiEntropy:
                 async with semaphore:
                     return await self._repair_slots(report, session, db, chunk, dry_run=dry_run)
 
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(one_chunk(slots[i : i + SLOTS_PER_CHUNK]))
-                    for i in range(0, len(slots), SLOTS_PER_CHUNK)
-                ]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(one_chunk(slots[i : i + SLOTS_PER_CHUNK]))
+                        for i in range(0, len(slots), SLOTS_PER_CHUNK)
+                    ]
+            except ExceptionGroup as failures:
+                # One chunk's failure fails the session: raise its cause as such, so run()
+                # reports it (a group would escape run() and stop the daemon).
+                raise first_leaf(failures) from failures
             repair_time += sum(t.result() for t in tasks)
         report.durations_s["compare"] = time.monotonic() - t0
         report.durations_s["repair"] = repair_time

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
 
 from reconciler.admin import AdminServer
 from reconciler.antientropy import AntiEntropy
@@ -42,6 +43,7 @@ from reconciler.metrics import DaemonCollector
 from reconciler.peers import BYE, Peers, send_heartbeats
 from reconciler.repair import RepairShipper
 from reconciler.reports import RepairReport
+from reconciler.settle import CaptureWatermark, Settler
 from reconciler.status import RegionStatus, write_status
 from reconciler.tombstones import collect
 from replication.applier import Applier, ApplyReport
@@ -144,6 +146,16 @@ class Daemon:
             reports_dir=config.reports_path,
         )
         self.source: ChangeSource = self._make_source()
+        self.watermark = CaptureWatermark()
+        self.settler = Settler(
+            self.region,
+            self.peers,
+            master_offset=self._master_offset,
+            capture_acked=self._capture_acked,
+            produced=lambda: self.producer.acked,
+            applied=self.consumer.applied_offsets,
+            end_offsets=self.consumer.end_offsets,
+        )
         self.outbound = Outbound(
             self.source,
             self.versioner,
@@ -349,21 +361,37 @@ class Daemon:
             self._update_status()
 
     async def _settle(self, peer: str) -> None:
-        """Wait until replication has caught up (bounded): we have consumed every peer's
-        topic and `peer` reports it has consumed every topic too. Changes still in flight
-        (from any region, not only these two) are not divergence, and repairing them would
-        ship them twice."""
-        deadline = time.monotonic() + self.config.antientropy.settle_timeout_s
-        others = set(self.config.peers)
-        while time.monotonic() < deadline:
-            ours = await self.consumer.lag()
-            theirs = self.peers.state[peer].lag
-            ours_done = set(ours) == others and not any(ours.values())
-            theirs_done = self.region in theirs and not any(theirs.values())
-            if ours_done and theirs_done:
-                return
-            await asyncio.sleep(0.2)
-        log.info("replication with %s not caught up; repairing anyway", peer)
+        """Wait (bounded) until the changes in flight between every region, us and `peer`
+        have been applied on both sides (see `reconciler.settle`): they are not divergence,
+        and repairing them would ship them twice."""
+        timeout_s = self.config.antientropy.settle_timeout_s
+        try:
+            settled = await self.settler.wait(peer, timeout_s)
+        except (KafkaError, OSError, ReconcilerError) as exc:
+            # Kafka unreachable: the session will most likely fail too, and be retried.
+            log.info("settle with %s interrupted (%s); trying the session anyway", peer, exc)
+            return
+        if not settled:
+            log.info(
+                "replication with %s not caught up after %.0fs; repairing anyway", peer, timeout_s
+            )
+
+    async def _master_offset(self) -> int | None:
+        """Our Redis's replication offset (None if it does not answer)."""
+        try:
+            client = await self._status_client_get()
+            info = await client.info("replication")
+        except (OSError, aioredis.RedisError) as exc:
+            log.debug("master offset not read: %s", exc)
+            return None
+        offset = info.get("master_repl_offset")
+        return offset if isinstance(offset, int) else None
+
+    def _capture_acked(self) -> int | None:
+        """The stream offset the capture has acknowledged (None: a capture without offsets)."""
+        if not isinstance(self.source, ReplicationStreamSource):
+            return None
+        return self.source.stats.acked_offset
 
     async def _retry_later(self, peer: str, trigger: str) -> None:
         await asyncio.sleep(self.config.antientropy.retry_interval_s)
@@ -475,16 +503,27 @@ class Daemon:
             self.state.gc_expired_removed += result.expired_removed
 
     async def heartbeat_body(self) -> dict[str, Any]:
+        at_ms = now_ms()
+        shipped_through = self.watermark.sample(
+            at_ms, await self._master_offset(), self._capture_acked()
+        )
         lag: dict[str, int] = {}
+        applied: dict[str, dict[int, int]] = {}
         with contextlib.suppress(Exception):
+            applied = await self.consumer.applied_offsets()
             lag = await self.consumer.lag()
-        stats = getattr(self.source, "stats", None)
         return {
             "epoch": self.state.started_ms,
             "status": self.state.status,
-            "capture_offset": int(getattr(stats, "acked_offset", 0) or 0),
+            "capture_offset": self._capture_acked() or 0,
             "lag": lag,
-            "at_ms": now_ms(),
+            "at_ms": at_ms,
+            "shipped_through_ms": shipped_through,
+            "produced": {str(p): o for p, o in self.producer.acked.items()},
+            "applied": {
+                region: {str(p): o for p, o in offsets.items()}
+                for region, offsets in applied.items()
+            },
         }
 
     # ----------------------------------------------------------------------- lifecycle

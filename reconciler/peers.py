@@ -1,7 +1,8 @@
 """Which peers are alive and how far behind they are, from heartbeats on the control topic.
 
 Every daemon sends a heartbeat every `interval_s`: its epoch (start time), status, capture
-position, and its consumer lag on every other region's topic. A peer not heard from for
+position, its consumer lag on every other region's topic, and its watermark (how far it has
+shipped and applied; see `reconciler.settle`). A peer not heard from for
 `peer_timeout_s` is down; when it is heard again (or for the first time), `on_peer_up`
 fires so anti-entropy runs with it.
 """
@@ -35,6 +36,21 @@ class PeerState:
     capture_offset: int = 0
     caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
     heartbeats: int = 0
+    # Its watermark (see reconciler.settle); times are on its clock.
+    at_ms: int = 0  # when it sent its last heartbeat
+    shipped_through_ms: int = 0  # every write to its Redis before this is in Kafka
+    produced: dict[int, int] = field(default_factory=dict)  # its topic, acked offsets
+    applied: dict[str, dict[int, int]] = field(default_factory=dict)  # per origin region
+
+
+def _offsets(value: object) -> dict[int, int]:
+    if not isinstance(value, dict):
+        return {}
+    offsets = {}
+    for partition, offset in value.items():
+        with contextlib.suppress(TypeError, ValueError):
+            offsets[int(partition)] = int(offset)
+    return offsets
 
 
 class Peers:
@@ -77,8 +93,15 @@ class Peers:
         peer.capture_offset = int(body.get("capture_offset", 0))
         lag = body.get("lag", {})
         peer.lag = {str(k): int(v) for k, v in lag.items()} if isinstance(lag, dict) else {}
+        peer.at_ms = int(body.get("at_ms", 0))
         if peer.lag.get(self.region) == 0:
-            peer.caught_up_on_us_ms = int(body.get("at_ms", 0))
+            peer.caught_up_on_us_ms = peer.at_ms
+        peer.shipped_through_ms = int(body.get("shipped_through_ms", 0))
+        peer.produced = _offsets(body.get("produced"))
+        applied = body.get("applied", {})
+        peer.applied = (
+            {str(k): _offsets(v) for k, v in applied.items()} if isinstance(applied, dict) else {}
+        )
         peer.alive = True
         if not was_alive:
             reason = "first heartbeat" if old_epoch == 0 else "heard again after missing heartbeats"

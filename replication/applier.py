@@ -136,6 +136,15 @@ class Applier:
             if outcome == "bad-digest":
                 report.rejected.append((event, "digest does not match the value"))
                 continue
+            if outcome == "unsupported-local":
+                report.rejected.append(
+                    (
+                        event,
+                        "the key holds a type that is not replicated here (a stream or a "
+                        "module type); the remote write was not applied",
+                    )
+                )
+                continue
             if outcome in ("conflict-remote-won", "conflict-local-won"):
                 if outcome == "conflict-remote-won":
                     report.remote_won += 1

@@ -76,6 +76,8 @@ class Inbound:
             self.stats.polls += 1
             if incoming:
                 await self.process(incoming)
+            self.consumer.mark_applied()  # skipped and dead-lettered records count as done
+            if incoming:
                 await self._commit()
 
     async def _commit(self) -> None:

@@ -164,7 +164,8 @@ def parse_version_reply(reply: list[Any], db: int, key: bytes) -> VersionResult:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    # applied | stale | conflict-remote-won | conflict-local-won | deferred | bad-digest
+    # applied | stale | conflict-remote-won | conflict-local-won | deferred | bad-digest |
+    # unsupported-local
     outcome: str
     old_digest: bytes  # the key's live digest before (b"" if none / a tombstone)
     old_meta: bytes  # the raw metadata before (b"" if none)

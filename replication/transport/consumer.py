@@ -52,6 +52,9 @@ class ChangeConsumer:
         self.records = 0
         self.events = 0
         self.skipped = 0  # records targeted at another region
+        # Offset after the last record handed out by poll() / after the last one applied.
+        self._polled: dict[TopicPartition, int] = {}
+        self._applied: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -89,6 +92,8 @@ class ChangeConsumer:
         fetched = await self.kafka.getmany(timeout_ms=timeout_ms, max_records=max_records)
         incoming: list[Incoming] = []
         for tp, records in fetched.items():
+            if records:
+                self._polled[tp] = records[-1].offset + 1
             expected_source = self.topics.get(tp.topic)
             for record in records:
                 self.records += 1
@@ -125,20 +130,50 @@ class ChangeConsumer:
         """Commit the positions of everything polled so far."""
         await self.kafka.commit()
 
+    def mark_applied(self) -> None:
+        """Everything returned by poll() so far has been applied (or dead-lettered)."""
+        self._applied.update(self._polled)
+
+    async def applied_offsets(self) -> dict[str, dict[int, int]]:
+        """Per peer region and partition, the offset up to which its changes are applied.
+
+        Unlike the consumer's position, this does not count records fetched but still being
+        applied. A partition not polled since its assignment is at its position (the
+        committed offset)."""
+        consumer = self.kafka
+        applied: dict[str, dict[int, int]] = {}
+        for tp in consumer.assignment():
+            if tp in self._polled:
+                offset = self._applied.get(tp)
+                if offset is None:
+                    offset = await consumer.committed(tp) or 0
+            else:
+                offset = await consumer.position(tp)
+            applied.setdefault(self.topics.get(tp.topic, tp.topic), {})[tp.partition] = offset
+        return applied
+
+    async def end_offsets(self, region: str) -> dict[int, int]:
+        """The end offsets of `region`'s topic (only partitions assigned to us)."""
+        consumer = self.kafka
+        topic = changes_topic(self.settings.topic_prefix, region)
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if not assigned:
+            return {}
+        end = await consumer.end_offsets(assigned)
+        return {tp.partition: offset for tp, offset in end.items()}
+
     async def lag(self) -> dict[str, int]:
-        """Records not yet consumed, per peer region (for heartbeats, metrics, and the
-        anti-entropy settle check). A peer is missing until its partitions are assigned."""
+        """Records not yet applied, per peer region (for heartbeats and metrics). A peer
+        is missing until its partitions are assigned."""
         consumer = self.kafka
         assigned = list(consumer.assignment())
         if not assigned:
             return {}
         end = await consumer.end_offsets(assigned)
+        applied = await self.applied_offsets()
         lag: dict[str, int] = {}
         for tp in assigned:
-            position = await consumer.position(tp)
             peer = self.topics.get(tp.topic, tp.topic)
-            lag[peer] = lag.get(peer, 0) + max(0, end[tp] - position)
+            done = applied.get(peer, {}).get(tp.partition, 0)
+            lag[peer] = lag.get(peer, 0) + max(0, end[tp] - done)
         return lag
-
-    def assigned(self) -> set[TopicPartition]:
-        return set(self.kafka.assignment())

@@ -94,6 +94,10 @@ class ChangeProducer:
         self.records_sent = 0
         self.events_sent = 0
         self.resends = 0
+        # Per partition, the offset after the last record Kafka acknowledged: with the
+        # capture's acknowledged stream offset, it tells peers what they must have applied
+        # before anti-entropy can tell divergence from changes still in flight.
+        self.acked: dict[int, int] = {}
 
     @property
     def kafka(self) -> AIOKafkaProducer:
@@ -171,7 +175,16 @@ class ChangeProducer:
         fut: asyncio.Future[object] = await self.kafka.send(
             self.topic, record.payload, partition=record.partition, headers=headers
         )
+        fut.add_done_callback(self._on_acked)
         return fut
+
+    def _on_acked(self, fut: asyncio.Future[object]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        meta = fut.result()
+        partition, offset = getattr(meta, "partition", None), getattr(meta, "offset", None)
+        if isinstance(partition, int) and isinstance(offset, int):
+            self.acked[partition] = max(self.acked.get(partition, 0), offset + 1)
 
     async def ship(self, events: Sequence[ChangeEvent], *, target: str | None = None) -> Shipment:
         """Hand events to Kafka (returns once they are queued, not yet acknowledged).

@@ -644,12 +644,6 @@ async def test_a_restart_replays_unacked_batches_and_reships_them_with_the_same_
         assert states(events_of(live)) == {b"live": (Kind.STRING, b"v", 0)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rr_version answers UNSUPPORTED for a key now holding a stream and leaves its live "
-    "metadata: a versioned key replaced by a stream within one batch is never shipped as a "
-    "delete, while the same writes split over two batches are (a tombstone, then UNSUPPORTED)",
-)
 async def test_a_versioned_key_replaced_by_a_stream_is_a_delete_whatever_the_batching(
     primary: RedisServer, tmp_path: Path
 ) -> None:
@@ -673,12 +667,6 @@ async def test_a_versioned_key_replaced_by_a_stream_is_a_delete_whatever_the_bat
         assert states(events_of(await pipeline.caught_up())) == {b"together": GONE}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rr_apply defers a remote write to a key that locally holds a stream (its digest is "
-    "nil), and versioning it changes nothing (UNSUPPORTED): Inbound._settle_deferred "
-    "re-versions and re-applies such a key forever",
-)
 async def test_a_remote_write_to_a_key_holding_a_stream_is_not_deferred_forever(
     primary: RedisServer, tmp_path: Path
 ) -> None:

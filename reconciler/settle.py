@@ -1,0 +1,136 @@
+"""Settling before anti-entropy: wait until the changes in flight have been applied.
+
+A key written in one region a moment ago is in another region's Redis only once that
+region's capture has shipped it and the other has applied it. A session that compared the two
+meanwhile would call it divergence and repair it, and the change would then arrive a second
+time (counted as stale, and in the repair report as a difference that never was). So before
+a session with a peer we wait, bounded by a timeout, for a watermark: for every region O, a
+set of offsets `target[O]` on O's topic that covers every write O's Redis had taken when the
+wait began; then until both we and the peer have applied O's topic up to `target[O]`.
+
+- Our own target: once the capture has acknowledged the stream (shipped, and acknowledged by
+  Kafka) up to the master offset our Redis reported when the wait began, the offsets our
+  producer has had acknowledged.
+- A live region's target comes from its heartbeats. Each carries `shipped_through_ms`, a time
+  on its own clock before which every write to its Redis is in Kafka, and `produced`, its
+  producer's acknowledged offsets. The first heartbeat sent after the wait began dates the
+  start; the first heartbeat whose `shipped_through_ms` reaches that date gives the target.
+  A region's times are only ever compared with the same region's times: clock skew between
+  regions does not enter.
+- A region that is down ships nothing more: its target is its topic's end offsets.
+
+Under a steady write load this still settles (it waits for a fixed watermark, not for
+silence); the timeout only matters when replication is stuck or far behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from reconciler.peers import Peers
+
+Offsets = dict[int, int]  # partition -> offset after the last record
+
+
+class CaptureWatermark:
+    """How far the capture has shipped, as a time: every write to Redis before
+    `shipped_through_ms` is in Kafka.
+
+    Each `sample()` remembers Redis's master offset at a time; once the capture has
+    acknowledged the stream up to that offset, that time is reached.
+    """
+
+    def __init__(self, max_marks: int = 4096) -> None:
+        self._marks: deque[tuple[int, int]] = deque(maxlen=max_marks)
+        self.shipped_through_ms = 0
+
+    def sample(self, at_ms: int, master_offset: int | None, acked_offset: int | None) -> int:
+        """Record Redis's offset at `at_ms`; returns the time shipped through.
+
+        With no offsets to compare (the keyspace-notification capture, or Redis not
+        answering), the capture is taken to be caught up: the settle then only waits for
+        what Kafka already has."""
+        if master_offset is None or acked_offset is None:
+            self._marks.clear()
+            self.shipped_through_ms = at_ms
+            return at_ms
+        if self._marks and master_offset < self._marks[-1][1]:
+            self._marks.clear()  # a new replication history (Redis restarted)
+        self._marks.append((at_ms, master_offset))
+        while self._marks and self._marks[0][1] <= acked_offset:
+            self.shipped_through_ms = self._marks.popleft()[0]
+        return self.shipped_through_ms
+
+
+def covers(applied: Offsets, target: Offsets) -> bool:
+    """Every partition of `target` is applied at least that far."""
+    return all(applied.get(partition, 0) >= offset for partition, offset in target.items())
+
+
+class Settler:
+    """Waits for the watermark before a session (see the module docstring)."""
+
+    def __init__(
+        self,
+        region: str,
+        peers: Peers,
+        *,
+        master_offset: Callable[[], Awaitable[int | None]],
+        capture_acked: Callable[[], int | None],
+        produced: Callable[[], Offsets],
+        applied: Callable[[], Awaitable[dict[str, Offsets]]],
+        end_offsets: Callable[[str], Awaitable[Offsets]],
+        poll_s: float = 0.05,
+    ) -> None:
+        self.region = region
+        self.peers = peers
+        self.master_offset = master_offset
+        self.capture_acked = capture_acked
+        self.produced = produced
+        self.applied = applied
+        self.end_offsets = end_offsets
+        self.poll_s = poll_s
+
+    async def wait(self, peer: str, timeout_s: float) -> bool:
+        """True once settled with `peer`; False if `timeout_s` passed first."""
+        deadline = time.monotonic() + timeout_s
+        master0 = await self.master_offset()
+        beats0 = {r: s.heartbeats for r, s in self.peers.state.items()}
+        started: dict[str, int] = {}
+        targets: dict[str, Offsets] = {}
+        while True:
+            if self.region not in targets:
+                acked = self.capture_acked()
+                if master0 is None or acked is None or acked >= master0:
+                    targets[self.region] = dict(self.produced())
+            for region, state in self.peers.state.items():
+                if region in targets:
+                    continue
+                if not state.alive:
+                    targets[region] = await self.end_offsets(region)
+                    continue
+                if region not in started and state.heartbeats > beats0[region]:
+                    started[region] = state.at_ms
+                if region in started and state.shipped_through_ms >= started[region]:
+                    targets[region] = dict(state.produced)
+            if len(targets) == len(self.peers.state) + 1 and self._applied_by_both(
+                peer, targets, await self.applied()
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_s)
+
+    def _applied_by_both(
+        self, peer: str, targets: dict[str, Offsets], ours: dict[str, Offsets]
+    ) -> bool:
+        theirs = self.peers.state[peer].applied
+        for origin, target in targets.items():
+            if origin != self.region and not covers(ours.get(origin, {}), target):
+                return False
+            if origin != peer and not covers(theirs.get(origin, {}), target):
+                return False
+        return True
