@@ -98,6 +98,49 @@ def throughput(
     return changes / seconds, changes, seconds
 
 
+def full_resync(
+    servers: dict[str, RedisServer], daemons: dict[str, DaemonProcess]
+) -> list[list[str]]:
+    """Rows: B restarted with its data gone and refilled from A by its recovery (the Merkle
+    repair after the gap), then an operator's full resync of B from A (POST /resync)."""
+    a = redis.Redis(port=servers[A].port)
+    b = redis.Redis(port=servers[B].port)
+    keys = int(a.dbsize())
+    servers[B].kill9()
+    servers[B].wipe_data()
+    t0 = time.monotonic()
+    servers[B].start()
+
+    def refilled() -> bool:
+        return b.dbsize() >= keys and status_of(daemons[B]) == "consistent"
+
+    wait_for(refilled, 900, "B to be refilled from A", 0.2)
+    refill_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    report = daemons[B].post(f"/resync?peer={A}", timeout_s=900)
+    resync_s = time.monotonic() - t0
+    fetched = report.get("repaired", {}).get("fetched", 0)
+    return [
+        [
+            f"empty region refilled after a restart (recovery repair, {keys:,} Redis keys)",
+            f"{refill_s:.1f}",
+            f"{keys / refill_s:,.0f} keys/s",
+        ],
+        [
+            f"operator full resync (POST /resync, {fetched:,} keys shipped)",
+            f"{resync_s:.1f}",
+            f"{fetched / resync_s:,.0f} keys/s" if fetched else "",
+        ],
+    ]
+
+
+def status_of(daemon: DaemonProcess) -> str:
+    try:
+        return str(daemon.get("/status")["status"])
+    except OSError:
+        return ""
+
+
 def lag_at_rate(servers: dict[str, RedisServer], rate: int, seconds: float) -> list[float]:
     """Milliseconds from each write in A to its apply in B, at a fixed write rate."""
     sub = redis.Redis(host="127.0.0.1", port=servers[B].port)
@@ -220,6 +263,8 @@ def main() -> None:
                 ]
             )
             print(lag_rows[-1])
+        resync_rows = full_resync(servers, daemons)
+        print(resync_rows)
         rss = {}
         for r, d in daemons.items():
             metrics = d.metrics()
@@ -249,6 +294,9 @@ def main() -> None:
         + f"({args.lag_seconds:.0f}s each;\n"
         "one writer, B's keyspace notifications time the apply):\n\n"
         + table(["rate", "writes", "p50 ms", "p99 ms", "max ms", "mean ms"], lag_rows)
+        + "\n\nFull resync of B from A, with the keys the throughput run left (Redis keys\n"
+        "include the metadata hashes):\n\n"
+        + table(["what", "seconds", "rate"], resync_rows)
         + "\n\nDaemon resident memory after the run: "
         + ", ".join(f"{r} {m:.0f} MiB" for r, m in rss.items())
         + "\n"
