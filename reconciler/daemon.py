@@ -372,8 +372,11 @@ class Daemon:
             log.info("settle with %s interrupted (%s); trying the session anyway", peer, exc)
             return
         if not settled:
-            log.info(
-                "replication with %s not caught up after %.0fs; repairing anyway", peer, timeout_s
+            log.warning(
+                "replication with %s not caught up after %.0fs (waiting for %s); repairing anyway",
+                peer,
+                timeout_s,
+                self.settler.waiting_for,
             )
 
     async def _master_offset(self) -> int | None:

@@ -94,7 +94,7 @@ class RepairShipper:
         conn = await self._conn(db)
         (reply,) = await conn.pipeline([read_command(keys)])
         if isinstance(reply, hiredis.ReplyError):
-            raise RedisCommandError(f"reading keys for repair failed: {reply}")
+            raise RedisCommandError(f"reading keys for repair failed: {reply}", reply)
         now = time.time_ns() // 1_000_000
         events: list[ChangeEvent] = []
         unversioned: list[bytes] = []

@@ -93,10 +93,12 @@ class Settler:
         self.applied = applied
         self.end_offsets = end_offsets
         self.poll_s = poll_s
+        self.waiting_for = ""  # what the last wait was still waiting for (for the log)
 
     async def wait(self, peer: str, timeout_s: float) -> bool:
         """True once settled with `peer`; False if `timeout_s` passed first."""
         deadline = time.monotonic() + timeout_s
+        self.waiting_for = ""
         master0 = await self.master_offset()
         beats0 = {r: s.heartbeats for r, s in self.peers.state.items()}
         started: dict[str, int] = {}
@@ -116,21 +118,27 @@ class Settler:
                     started[region] = state.at_ms
                 if region in started and state.shipped_through_ms >= started[region]:
                     targets[region] = dict(state.produced)
-            if len(targets) == len(self.peers.state) + 1 and self._applied_by_both(
-                peer, targets, await self.applied()
-            ):
+            waiting = [f"{r}'s watermark" for r in self._regions() if r not in targets]
+            if not waiting:
+                waiting = self._not_applied(peer, targets, await self.applied())
+            if not waiting:
                 return True
+            self.waiting_for = "; ".join(waiting)
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(self.poll_s)
 
-    def _applied_by_both(
+    def _regions(self) -> list[str]:
+        return [self.region, *self.peers.state]
+
+    def _not_applied(
         self, peer: str, targets: dict[str, Offsets], ours: dict[str, Offsets]
-    ) -> bool:
+    ) -> list[str]:
         theirs = self.peers.state[peer].applied
+        missing = []
         for origin, target in targets.items():
             if origin != self.region and not covers(ours.get(origin, {}), target):
-                return False
+                missing.append(f"{self.region} applying {origin} {ours.get(origin)} < {target}")
             if origin != peer and not covers(theirs.get(origin, {}), target):
-                return False
-        return True
+                missing.append(f"{peer} applying {origin} {theirs.get(origin)} < {target}")
+        return missing

@@ -124,7 +124,7 @@ class Applier:
                 if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
                     report.rejected.append((event, f"redis refused the write: {reply}"))
                     continue
-                raise RedisCommandError(f"applying an event in db {db} failed: {reply}")
+                raise RedisCommandError(f"applying an event in db {db} failed: {reply}", reply)
             result = parse_apply_reply(reply)
             outcome = result.outcome
             if outcome == "stale":

@@ -28,8 +28,17 @@ class RedisUnavailableError(ReconcilerError):
     retriable = True
 
 
+# Error replies of a Redis that will answer normally soon: still loading its dataset after
+# a restart, busy with a long script, or between roles. Anything else is final.
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+
+
 class RedisCommandError(ReconcilerError):
-    """Redis answered a command with an error."""
+    """Redis answered a command with an error (retriable if the error is transient)."""
+
+    def __init__(self, message: str, reply: object = None) -> None:
+        super().__init__(message)
+        self.retriable = str(reply or "").startswith(TRANSIENT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class RespConnection:
             if setup:
                 for reply in await conn.pipeline(setup):
                     if isinstance(reply, hiredis.ReplyError):
-                        raise RedisCommandError(f"{address}: setup refused: {reply}")
+                        raise RedisCommandError(f"{address}: setup refused: {reply}", reply)
         except BaseException:
             await conn.close()
             raise
@@ -143,7 +152,7 @@ class RespConnection:
         """One command; raises RedisCommandError if Redis answers an error."""
         (reply,) = await self.pipeline([command])
         if isinstance(reply, hiredis.ReplyError):
-            raise RedisCommandError(f"{command[0]!r} failed: {reply}")
+            raise RedisCommandError(f"{command[0]!r} failed: {reply}", reply)
         return reply
 
     async def _abort(self) -> None:

@@ -105,7 +105,7 @@ class Versioner:
             replies = await conn.pipeline(commands)
         for key, reply in zip(keys, replies, strict=True):
             if isinstance(reply, hiredis.ReplyError):
-                raise RedisCommandError(f"versioning a key in db {db} failed: {reply}")
+                raise RedisCommandError(f"versioning a key in db {db} failed: {reply}", reply)
             result = parse_version_reply(reply, db, key)
             if result.status is VersionStatus.NOTHING:
                 report.echoes += 1
