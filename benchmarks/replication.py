@@ -15,6 +15,7 @@ machine. In the same run:
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,8 +60,12 @@ def redis_benchmark(port: int, n: int, *, keyspace: int, pipeline: int) -> float
         check=True,
         timeout=600,
     )
-    # "SET: 123456.79 requests per second, p50=..."
-    return float(out.stdout.split("SET:")[1].split("requests")[0])
+    # Progress lines ("SET: rps=...\r") come first; the result is the line with
+    # "SET: 123456.79 requests per second".
+    found = re.findall(r"SET: ([0-9.]+) requests per second", out.stdout)
+    if not found:
+        raise RuntimeError(f"redis-benchmark printed no result: {out.stdout[-300:]!r}")
+    return float(found[-1])
 
 
 def status(daemon: DaemonProcess) -> dict[str, int]:

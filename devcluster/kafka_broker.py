@@ -196,8 +196,9 @@ class KafkaBroker:
                     classpath,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    _cluster_id(),
+                    # One argument with "=": an id may begin with "-" (1 in 64), which
+                    # the tool's parser would take for an option.
+                    f"--cluster-id={_cluster_id()}",
                     "-c",
                     str(props),
                     "--standalone",
