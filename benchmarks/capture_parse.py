@@ -163,18 +163,23 @@ async def establish_position(url: str, state_dir: Path) -> CapturePosition:
     return source.position
 
 
+def capture_bench_server(name: str, base: Path) -> RedisServer:
+    """A redis-server whose backlog holds a whole load (for PSYNC replays)."""
+    return RedisServer(
+        name,
+        base,
+        config={
+            "appendonly": "no",  # the figures are about capture, not the server's disk
+            "repl-backlog-size": "1gb",
+            "repl-diskless-sync-delay": "0",
+        },
+    )
+
+
 async def run(requests: int, rounds: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="capture-bench-") as tmp:
         base = Path(tmp)
-        server = RedisServer(
-            "capture-bench",
-            base,
-            config={
-                "appendonly": "no",  # the figure is about parsing, not the server's disk
-                "repl-backlog-size": "1gb",
-                "repl-diskless-sync-delay": "0",
-            },
-        )
+        server = capture_bench_server("capture-bench", base)
         server.start()
         try:
             endpoint = RedisEndpoint.from_url(server.url)

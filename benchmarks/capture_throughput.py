@@ -48,9 +48,15 @@ from typing import Any
 
 import hiredis
 
-from benchmarks.capture_parse import FEED_SIZES, establish_position, fetch_stream, raw_parse, tail
+from benchmarks.capture_parse import (
+    FEED_SIZES,
+    capture_bench_server,
+    establish_position,
+    fetch_stream,
+    raw_parse,
+    tail,
+)
 from benchmarks.report import table, write_section
-from devcluster import RedisServer
 from replication.capture.position import CapturePosition, PositionStore
 from replication.capture.stream import RedisEndpoint, ReplicationStreamSource
 from replication.capture.versioner import Versioner
@@ -428,15 +434,7 @@ def profile_summary(profile: cProfile.Profile) -> tuple[list[list[Any]], str]:
 async def run(commands: int, keyspace: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="capture-throughput-") as tmp:
         base = Path(tmp)
-        server = RedisServer(
-            "capture-throughput",
-            base,
-            config={
-                "appendonly": "no",  # the figure is about capture, not the server's disk
-                "repl-backlog-size": "1gb",
-                "repl-diskless-sync-delay": "0",
-            },
-        )
+        server = capture_bench_server("capture-throughput", base)
         server.start()
         admin: RespConnection | None = None
         try:
