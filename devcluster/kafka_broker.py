@@ -11,6 +11,7 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -117,12 +118,18 @@ async def _warm_group_coordinator(bootstrap: str) -> None:
     consumer = AIOKafkaConsumer(
         "__warmup", bootstrap_servers=bootstrap, group_id="__warmup", enable_auto_commit=False
     )
+    # The first coordinator requests fail until the offsets topic exists: expected here
+    # (it is what the warm-up is for), so aiokafka's error lines about them are muted.
+    coordinator_log = logging.getLogger("aiokafka.consumer.group_coordinator")
+    level = coordinator_log.level
+    coordinator_log.setLevel(logging.CRITICAL)
     await consumer.start()
     try:
         await consumer.getmany(timeout_ms=200)
         await consumer.commit()
     finally:
         await consumer.stop()
+        coordinator_log.setLevel(level)
 
 
 class KafkaBroker:
