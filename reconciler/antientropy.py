@@ -397,6 +397,21 @@ class AntiEntropy:
             sample += [k.decode("utf-8", "backslashreplace") for k in bad[: 20 - len(sample)]]
         return {"checked": checked, "inconsistent": inconsistent, "sample": sample}
 
+    async def refresh_slots(self, db: int, slots: Sequence[int]) -> int:
+        """Recompute these leaves from Redis; returns how many had drifted. For slots
+        changed while the index was being rebuilt (the scan may have read them before)."""
+        tree = self.trees[db]
+        conn = await self._conn(db)
+        drifted = 0
+        for i in range(0, len(slots), 256):
+            chunk = slots[i : i + 256]
+            records = await read_slots(conn, chunk)
+            for slot in chunk:
+                before = tree.levels[LEAF_LEVEL][slot]
+                self._refresh_leaf(tree, slot, records[slot])
+                drifted += tree.levels[LEAF_LEVEL][slot] != before
+        return drifted
+
     def _refresh_leaf(self, tree: MerkleTree, slot: int, records: Records) -> None:
         """Correct the in-memory leaf if it drifted from Redis (then the tree is exact)."""
         fresh, _ = leaf_hash_of_records([x for pair in records.items() for x in pair])

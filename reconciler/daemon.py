@@ -59,6 +59,7 @@ from replication.inbound import Inbound
 from replication.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
 from replication.outbound import Outbound
 from replication.resp import RespConnection
+from replication.slots import key_slot
 from replication.transport.consumer import ChangeConsumer
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import ChangeProducer
@@ -179,6 +180,7 @@ class Daemon:
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
+        self._rebuilding: dict[int, set[int]] = {}  # db -> slots changed during its rebuild
         self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
         self._stopping = asyncio.Event()
@@ -234,15 +236,11 @@ class Daemon:
     def _on_local_changes(self, changes: list[VersionedChange]) -> None:
         for change in changes:
             event = change.event
-            tree = self.trees.get(event.db)
-            if tree is not None:
-                tree.update(event.key, change.previous_digest, event.digest)
+            self._index_change(event.db, event.key, change.previous_digest, event.digest)
 
     def _on_applied(self, report: ApplyReport) -> None:
         for change in report.digest_changes:
-            tree = self.trees.get(change.db)
-            if tree is not None:
-                tree.update(change.key, change.old, change.new)
+            self._index_change(change.db, change.key, change.old, change.new)
         for conflict in report.conflicts:
             if conflict.winner == "local":
                 self.state.conflicts_won += 1
@@ -250,6 +248,14 @@ class Daemon:
                 self.state.conflicts_lost += 1
         if report.conflicts:
             self._record_conflicts(report)
+
+    def _index_change(self, db: int, key: bytes, old: bytes, new: bytes) -> None:
+        tree = self.trees.get(db)
+        if tree is not None:
+            tree.update(key, old, new)
+        touched = self._rebuilding.get(db)
+        if touched is not None:
+            touched.add(key_slot(key))
 
     def _record_conflicts(self, report: ApplyReport) -> None:
         path = self.config.reports_path / f"conflicts-{self.region}.jsonl"
@@ -437,8 +443,22 @@ class Daemon:
                 if done % 4096 == 0:
                     log.info("merkle rebuild: db=%d slots=%d/16384 keys=%d", db, done, keys)
 
-            tree = await rebuild(conn, progress=progress)
+            # Changes during the scan go to the old tree; the new one may have read their
+            # slot before them. Those slots are read again once it is in place.
+            self._rebuilding[db] = set()
+            try:
+                tree = await rebuild(conn, progress=progress)
+            finally:
+                touched = self._rebuilding.pop(db, set())
             self.trees[db] = tree
+            if touched:
+                drifted = await self.antientropy.refresh_slots(db, sorted(touched))
+                log.info(
+                    "merkle rebuild: db=%d slots changed meanwhile=%d re-read, corrected=%d",
+                    db,
+                    len(touched),
+                    drifted,
+                )
             log.info(
                 "merkle rebuild done: db=%d keys=%d seconds=%.2f",
                 db,
