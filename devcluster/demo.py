@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import subprocess
@@ -105,6 +106,9 @@ def run_demo() -> int:
 def _scenario(base: Path) -> bool:
     from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
     from reconciler.reports import RepairReport
+
+    # The client's own log lines say what its listener prints below; keep one of each.
+    logging.getLogger("reconciler.client").setLevel(logging.ERROR)
 
     broker = KafkaBroker(base)
     servers = {r: RedisServer(r, base) for r in REGIONS}

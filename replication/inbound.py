@@ -115,6 +115,10 @@ class Inbound:
                     partition=item.partition,
                     offset=item.offset,
                 )
+            # At once, not for the whole poll: if Redis is lost (and restarted empty) while
+            # a later record is retried, these changes must reach the index that described
+            # the Redis they went into, not the one rebuilt after it.
+            self.on_applied(report)
             total.merge(report)
             self.stats.events += len(item.batch.events)
         s = self.stats
@@ -123,7 +127,6 @@ class Inbound:
         s.remote_won += total.remote_won
         s.local_won += total.local_won
         s.rejected += len(total.rejected)
-        self.on_applied(total)
         return total
 
     async def _settle_deferred(self, report: ApplyReport, source: str) -> None:
