@@ -57,7 +57,7 @@ from reconciler.merkle import (
 )
 from reconciler.repair import RepairShipper
 from reconciler.reports import KeyDecision, RepairReport
-from replication.errors import DecodeError, ReconcilerError
+from replication.errors import DecodeError, ReconcilerError, first_cause
 from replication.event import Version
 from replication.keys import is_internal, meta_key
 from replication.library import meta_key_for, parse_read_reply, read_command
@@ -73,22 +73,6 @@ REPLY = "ae.reply"
 SLOTS_PER_CHUNK = 128
 CHUNKS_IN_FLIGHT = 4
 SHIP_KEYS_PER_REQUEST = 2000
-
-
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception in a (nested) group that is not a cancellation."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    for leaf in leaves:
-        if not isinstance(leaf, asyncio.CancelledError):
-            return leaf
-    return leaves[0] if leaves else group
 
 
 class SessionError(ReconcilerError):
@@ -516,7 +500,7 @@ class AntiEntropy:
             except ExceptionGroup as failures:
                 # One chunk's failure fails the session: raise its cause as such, so run()
                 # reports it (a group would escape run() and stop the daemon).
-                raise first_leaf(failures) from failures
+                raise first_cause(failures) from failures
             repair_time += sum(t.result() for t in tasks)
         report.durations_s["compare"] = time.monotonic() - t0
         report.durations_s["repair"] = repair_time

@@ -53,7 +53,7 @@ from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import VersionedChange, Versioner
 from replication.connections import LibraryConnections
-from replication.errors import ReconcilerError
+from replication.errors import ReconcilerError, exception_leaves
 from replication.hlc import HybridClock
 from replication.inbound import Inbound
 from replication.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
@@ -534,7 +534,7 @@ class Daemon:
         applied: dict[str, dict[int, int]] = {}
         with contextlib.suppress(Exception):
             applied = await self.consumer.applied_offsets()
-            lag = await self.consumer.lag()
+            lag = await self.consumer.lag(applied)
         return {
             "epoch": self.state.started_ms,
             "status": self.state.status,
@@ -586,7 +586,7 @@ class Daemon:
             log.error("daemon failed: %s", exc)  # noqa: TRY400 - the message is the point
             return 1
         except ExceptionGroup as group:
-            for failure in _leaves(group):
+            for failure in exception_leaves(group):
                 if isinstance(failure, ReconcilerError):
                     log.error("daemon failed: %s", failure)  # noqa: TRY400
                 else:
@@ -666,10 +666,3 @@ class Daemon:
         if self._status_client is not None:
             await self._status_client.aclose()
             self._status_client = None
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out

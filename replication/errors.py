@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 
 class ReconcilerError(Exception):
     """Root of every error this product raises on purpose.
@@ -31,3 +33,21 @@ class ApplyError(ReconcilerError):
     """An event could not be applied to the local Redis."""
 
     retriable = True
+
+
+def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a (nested) group, groups flattened, in order."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += exception_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) group that is not a cancellation (a task group
+    reports its siblings' cancellations beside the failure that caused them)."""
+    leaves = exception_leaves(group)
+    for leaf in leaves:
+        if not isinstance(leaf, asyncio.CancelledError):
+            return leaf
+    return leaves[0] if leaves else group

@@ -162,15 +162,17 @@ class ChangeConsumer:
         end = await consumer.end_offsets(assigned)
         return {tp.partition: offset for tp, offset in end.items()}
 
-    async def lag(self) -> dict[str, int]:
-        """Records not yet applied, per peer region (for heartbeats and metrics). A peer
-        is missing until its partitions are assigned."""
+    async def lag(self, applied: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
+        """Records not yet applied, per peer region (for heartbeats and metrics), from
+        `applied` if the caller has just read `applied_offsets()`. A peer is missing until
+        its partitions are assigned."""
         consumer = self.kafka
         assigned = list(consumer.assignment())
         if not assigned:
             return {}
         end = await consumer.end_offsets(assigned)
-        applied = await self.applied_offsets()
+        if applied is None:
+            applied = await self.applied_offsets()
         lag: dict[str, int] = {}
         for tp in assigned:
             peer = self.topics.get(tp.topic, tp.topic)

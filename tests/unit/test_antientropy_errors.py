@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from reconciler.antientropy import SessionError, first_leaf
+from reconciler.antientropy import SessionError
+from replication.errors import first_cause
 
 
 async def test_a_chunk_failure_surfaces_as_its_cause() -> None:
@@ -23,7 +24,7 @@ async def test_a_chunk_failure_surfaces_as_its_cause() -> None:
 
     with pytest.raises(ExceptionGroup) as caught:
         await chunks()
-    leaf = first_leaf(caught.value)
+    leaf = first_cause(caught.value)
     assert isinstance(leaf, SessionError)
     assert str(leaf) == "peer us-east missed heartbeats"
 
@@ -31,4 +32,4 @@ async def test_a_chunk_failure_surfaces_as_its_cause() -> None:
 def test_nested_groups_are_searched_depth_first_and_cancellations_skipped() -> None:
     inner = ExceptionGroup("inner", [OSError("connection refused")])
     group = BaseExceptionGroup("outer", [asyncio.CancelledError(), inner])
-    assert isinstance(first_leaf(group), OSError)
+    assert isinstance(first_cause(group), OSError)
