@@ -25,12 +25,12 @@ from pathlib import Path
 from benchmarks.report import table, write_section
 from devcluster import KafkaBroker, RedisServer
 from devcluster.daemons import DaemonProcess, wait_for, write_config
-from replication.digest import DIGEST_BYTES, string_digest
-from replication.event import ChangeEvent
-from replication.library import apply_command, ensure_library
-from replication.resp import RedisAddress, RespConnection
-from replication.value import Kind
-from replication.vclock import VectorClock
+from replication.model.digest import DIGEST_BYTES, string_digest
+from replication.model.event import ChangeEvent
+from replication.model.value import Kind
+from replication.model.vclock import VectorClock
+from replication.redis.library import apply_command, ensure_library
+from replication.redis.resp import RedisAddress, RespConnection
 
 A, B = "eu-west", "us-east"
 VALUE_BYTES = 32

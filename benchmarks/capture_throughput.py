@@ -60,11 +60,11 @@ from benchmarks.report import table, write_section
 from replication.capture.position import CapturePosition, PositionStore
 from replication.capture.stream import RedisEndpoint, ReplicationStreamSource
 from replication.capture.versioner import Versioner
-from replication.event import ChangeEvent
-from replication.hlc import HybridClock
-from replication.keys import INTERNAL_PREFIX
-from replication.library import meta_key_for, version_command
-from replication.resp import RedisAddress, RedisCommandError, RespConnection
+from replication.model.event import ChangeEvent
+from replication.model.hlc import HybridClock
+from replication.model.keys import INTERNAL_PREFIX
+from replication.redis.library import meta_key_for, version_command
+from replication.redis.resp import RedisAddress, RedisCommandError, RespConnection
 
 REGION = "bench"
 LUA_KEYS = 20_000  # string keys timed step by step inside Redis
@@ -277,7 +277,7 @@ async def versioner_alone(url: str, keys: list[bytes], admin: RespConnection) ->
 # --------------------------------------------------------------------------- Lua steps
 
 # Scripts reproducing the steps rr_version takes for a string key (see
-# replication/lua/reconciler.lua), each timed alone: differences between rows are the
+# replication/redis/lua/reconciler.lua), each timed alone: differences between rows are the
 # cost of a step. KEYS: the key, its metadata hash.
 LUA_STEPS = (
     ("script call floor (`return 1`)", "return 1"),

@@ -16,12 +16,12 @@ from collections.abc import Callable
 import msgpack
 
 from benchmarks.report import table, write_section
-from replication.digest import value_digest
-from replication.event import ChangeEvent, Version
-from replication.resolver import resolve
-from replication.value import Kind
-from replication.vclock import VectorClock
-from replication.wire import decode_batch, encode_batch
+from replication.model.digest import value_digest
+from replication.model.event import ChangeEvent, Version
+from replication.model.resolver import resolve
+from replication.model.value import Kind
+from replication.model.vclock import VectorClock
+from replication.model.wire import decode_batch, encode_batch
 
 REGIONS = ["ap-south", "eu-west", "us-east"]
 BATCH = 100

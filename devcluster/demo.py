@@ -105,7 +105,7 @@ def run_demo() -> int:
 
 def _scenario(base: Path) -> bool:
     from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
-    from reconciler.reports import RepairReport
+    from reconciler.consistency.reports import RepairReport
 
     # The client's own log lines say what its listener prints below; keep one of each.
     logging.getLogger("reconciler.client").setLevel(logging.ERROR)

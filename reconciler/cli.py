@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("reconciler.commands.report", "list or show repair reports"),
     "clients": (
-        "reconciler.client.monitor",
+        "reconciler.commands.clients",
         "follow the failover clients' metrics stream: a live table of clients and regions",
     ),
 }

@@ -1,8 +1,8 @@
 """The region status record: how a region's daemon tells failover clients "consistent".
 
 The daemon of a region keeps one Redis hash in that region's own Redis, under
-:data:`replication.keys.STATUS_KEY` (``__rr:status``), never replicated (it is an internal
-key). Fields (:data:`replication.keys.STATUS_FIELDS`), all stored as ASCII strings:
+:data:`replication.model.keys.STATUS_KEY` (``__rr:status``), never replicated (it is an internal
+key). Fields (:data:`replication.model.keys.STATUS_FIELDS`), all stored as ASCII strings:
 
 ``state``
     ``consistent`` (the region holds what the others hold, as far as anti-entropy knows),
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from replication.errors import ReconcilerError
-from replication.keys import (
+from replication.model.keys import (
     STATUS_CONSISTENT,
     STATUS_FIELDS,
     STATUS_KEY,

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from devcluster import KafkaBroker, RedisServer
-from replication.library import library_source
+from replication.redis.library import library_source
 from tests.regions import Regions, running_regions
 from tests.servers import RedisFactory, stop_all, track
 

@@ -1,7 +1,7 @@
 """Streaming a client's connectivity metrics and events to Kafka (optional).
 
 When the client config has a ``[kafka]`` table, the client sends to
-``<topic_prefix>.clients`` (:func:`replication.keys.clients_topic`):
+``<topic_prefix>.clients`` (:func:`replication.model.keys.clients_topic`):
 
 * a **snapshot** every ``snapshot_interval_s``: per region its state, requests, failures,
   application errors and error rate over the window, latency p50/p99, cumulative totals,
@@ -35,7 +35,7 @@ from reconciler.client.config import KafkaConfig
 from reconciler.client.router import Event, Router, RouterSnapshot
 from replication.backoff import Backoff
 from replication.errors import DecodeError
-from replication.keys import clients_topic
+from replication.model.keys import clients_topic
 
 __all__ = [
     "SCHEMA_VERSION",

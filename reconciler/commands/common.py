@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from reconciler.admin import admin_file
-from reconciler.config import DaemonConfig, load_config
 from reconciler.configfile import ConfigError
+from reconciler.service.admin import admin_file
+from reconciler.service.config import DaemonConfig, load_config
 
 EXIT_OK = 0
 EXIT_DIFFER = 1  # verify: the regions differ; repair: the session failed

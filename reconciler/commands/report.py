@@ -6,7 +6,7 @@ import argparse
 import json
 
 from reconciler.commands.common import CommandError, add_config_argument, config_from, fail
-from reconciler.reports import list_reports, load_report
+from reconciler.consistency.reports import list_reports, load_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ def run(args: argparse.Namespace) -> int:
         config = config_from(args)
     except CommandError as exc:
         return fail(str(exc))
-    from reconciler.daemon import Daemon
-    from reconciler.logs import setup_logging
+    from reconciler.service.daemon import Daemon
+    from reconciler.service.logs import setup_logging
 
     setup_logging(config.log_format, config.log_level, region=config.region)
     return asyncio.run(Daemon(config).run())

@@ -10,7 +10,7 @@ Policies the consumer can rely on
   it covers; the consumer reads their current state. A key written several times in a batch
   appears once. Keys only read by a command (the sources of ``SUNIONSTORE``, ``COPY``,
   ``SORT ... STORE``) are not reported: their state did not change. Internal keys
-  (:func:`replication.keys.is_internal`) are never reported.
+  (:func:`replication.model.keys.is_internal`) are never reported.
 * **Gaps are never silent.** Anything that may have lost changes (a first start, a full
   resync, a flush, a ``SWAPDB``, a notification connection that dropped) is reported as a
   :class:`Gap` on a batch, possibly a batch with no keys. The consumer schedules

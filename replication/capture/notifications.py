@@ -67,7 +67,7 @@ from replication.capture.stream import (
     run_together,
 )
 from replication.errors import ReconcilerError
-from replication.keys import is_internal
+from replication.model.keys import is_internal
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ from replication.capture.commands import (
 )
 from replication.capture.position import CapturePosition, PositionStore
 from replication.errors import ReconcilerError
-from replication.keys import is_internal
+from replication.model.keys import is_internal
 
 log = logging.getLogger(__name__)
 

@@ -22,19 +22,19 @@ from dataclasses import dataclass, field
 
 import hiredis
 
-from replication.connections import LibraryConnections
-from replication.event import ChangeEvent
-from replication.hlc import HybridClock
-from replication.keys import is_internal
-from replication.library import (
+from replication.model.event import ChangeEvent
+from replication.model.hlc import HybridClock
+from replication.model.keys import is_internal
+from replication.redis.connections import LibraryConnections
+from replication.redis.library import (
     VersionStatus,
     ensure_library,
     is_missing_function,
     parse_version_reply,
     version_command,
 )
-from replication.resp import RedisAddress, RedisCommandError
-from replication.scan import metadata_entries, user_keys
+from replication.redis.resp import RedisAddress, RedisCommandError
+from replication.redis.scan import metadata_entries, user_keys
 
 log = logging.getLogger(__name__)
 

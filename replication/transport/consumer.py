@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from replication.errors import DecodeError
-from replication.keys import changes_topic
+from replication.model.keys import changes_topic
+from replication.model.wire import EventBatch, decode_batch
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import TARGET_HEADER
 from replication.transport.settings import KafkaSettings
-from replication.wire import EventBatch, decode_batch
 
 log = logging.getLogger(__name__)
 

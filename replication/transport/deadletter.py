@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
-from replication.keys import deadletter_topic
+from replication.model.keys import deadletter_topic
 
 log = logging.getLogger(__name__)
 

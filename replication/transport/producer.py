@@ -22,11 +22,11 @@ from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff
 from replication.errors import ReconcilerError
-from replication.event import ChangeEvent
-from replication.keys import changes_topic
-from replication.slots import key_slot
+from replication.model.event import ChangeEvent
+from replication.model.keys import changes_topic
+from replication.model.slots import key_slot
+from replication.model.wire import assemble_batch, pack_event
 from replication.transport.settings import KafkaSettings
-from replication.wire import assemble_batch, pack_event
 
 log = logging.getLogger(__name__)
 

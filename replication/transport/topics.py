@@ -8,7 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from replication.keys import changes_topic, clients_topic, control_topic, deadletter_topic
+from replication.model.keys import changes_topic, clients_topic, control_topic, deadletter_topic
 from replication.transport.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

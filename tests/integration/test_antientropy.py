@@ -15,9 +15,9 @@ import redis
 
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
-from reconciler.reports import RepairReport
-from replication.library import meta_key_for
-from replication.metadata import decode_meta
+from reconciler.consistency.reports import RepairReport
+from replication.model.metadata import decode_meta
+from replication.redis.library import meta_key_for
 from tests.kafkatools import truncate_topic
 from tests.regions import Regions, running_regions
 from tests.servers import RedisFactory

@@ -1,5 +1,5 @@
 """Capture and versioning together, against a real redis-server: the replication-stream
-source's batches versioned by the real Versioner (wired as replication.outbound wires them,
+source's batches versioned by the real Versioner (wired as replication.pipeline.outbound wires them,
 with a list standing in for Kafka) produce exactly the expected change events.
 
 Every batch goes through `Pipeline.handle`, which reads the metadata of the batch's keys
@@ -24,16 +24,16 @@ import redis.asyncio as aioredis
 from devcluster import RedisServer
 from replication.capture import CaptureBatch, Gap
 from replication.capture.versioner import VersionedChange, Versioner, VersionReport
-from replication.digest import value_digest
-from replication.event import ChangeEvent
-from replication.hlc import HybridClock
-from replication.keys import INTERNAL_PREFIX
-from replication.library import apply_command, meta_key_for, parse_apply_reply
-from replication.metadata import decode_meta
-from replication.outbound import Outbound
-from replication.resp import RedisAddress
-from replication.value import Kind, Value
-from replication.vclock import Order, VectorClock
+from replication.model.digest import value_digest
+from replication.model.event import ChangeEvent
+from replication.model.hlc import HybridClock
+from replication.model.keys import INTERNAL_PREFIX
+from replication.model.metadata import decode_meta
+from replication.model.value import Kind, Value
+from replication.model.vclock import Order, VectorClock
+from replication.pipeline.outbound import Outbound
+from replication.redis.library import apply_command, meta_key_for, parse_apply_reply
+from replication.redis.resp import RedisAddress
 from tests.integration.test_capture_stream import (
     FUNCTION_LIBRARY,
     client,
@@ -87,7 +87,7 @@ class Versioned:
 class Pipeline:
     """ReplicationStreamSource -> Versioner -> a list of events (Kafka's place), checked.
 
-    Like replication.outbound: every batch is versioned with `replay=batch.replay`, its
+    Like replication.pipeline.outbound: every batch is versioned with `replay=batch.replay`, its
     events are "shipped" (appended to `shipped`), then the batch is acknowledged (unless
     the test says not to, to leave it unshipped as a crash would).
     """

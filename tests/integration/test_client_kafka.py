@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from devcluster import KafkaBroker, RedisServer
 from reconciler.client import AsyncFailoverClient, FailoverClient
 from reconciler.client.stream import decode
-from replication.keys import clients_topic
+from replication.model.keys import clients_topic
 from tests.integration.test_client_failover import HOME, SECOND, wait_for
 from tests.tcpproxy import Fault, TcpProxy
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from devcluster import RedisServer
 from reconciler.status import RegionStatus, read_status, read_status_sync, write_status
-from replication.keys import STATUS_KEY
+from replication.model.keys import STATUS_KEY
 
 pytestmark = pytest.mark.integration
 

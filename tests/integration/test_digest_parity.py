@@ -7,8 +7,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replication.digest import TOMBSTONE_DIGEST, format_score, value_digest
-from replication.value import Kind
+from replication.model.digest import TOMBSTONE_DIGEST, format_score, value_digest
+from replication.model.value import Kind
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,13 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replication.digest import TOMBSTONE_DIGEST, value_digest
-from replication.event import ChangeEvent
-from replication.library import (
+from replication.model.digest import TOMBSTONE_DIGEST, value_digest
+from replication.model.event import ChangeEvent
+from replication.model.metadata import decode_meta
+from replication.model.resolver import resolve
+from replication.model.value import Kind
+from replication.model.vclock import VectorClock
+from replication.redis.library import (
     VersionStatus,
     apply_command,
     meta_key_for,
@@ -21,10 +25,6 @@ from replication.library import (
     parse_version_reply,
     version_command,
 )
-from replication.metadata import decode_meta
-from replication.resolver import resolve
-from replication.value import Kind
-from replication.vclock import VectorClock
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +209,7 @@ def test_version_skips_expiries_and_refuses_streams(library_redis: redis.Redis) 
 def test_stored_records_have_the_layout_the_index_slices_digests_from(
     library_redis: redis.Redis,
 ) -> None:
-    from reconciler.merkle import digest_of_record
+    from reconciler.consistency.merkle import digest_of_record
 
     key = b"layout"
     reset(library_redis, key)
@@ -222,7 +222,7 @@ def test_stored_records_have_the_layout_the_index_slices_digests_from(
 
 
 def test_liveness_is_read_correctly_from_records_redis_wrote(library_redis: redis.Redis) -> None:
-    from reconciler.merkle import live_digest
+    from reconciler.consistency.merkle import live_digest
 
     key = b"expiring-record"
     reset(library_redis, key)

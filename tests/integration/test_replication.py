@@ -14,12 +14,12 @@ import pytest
 import redis
 
 from devcluster.daemons import wait_for
-from replication.digest import value_digest
-from replication.keys import deadletter_topic
-from replication.library import meta_key_for
-from replication.metadata import decode_meta
-from replication.value import Kind
-from replication.wire import SCHEMA_VERSION, decode_batch
+from replication.model.digest import value_digest
+from replication.model.keys import deadletter_topic
+from replication.model.metadata import decode_meta
+from replication.model.value import Kind
+from replication.model.wire import SCHEMA_VERSION, decode_batch
+from replication.redis.library import meta_key_for
 from tests.kafkatools import produce_raw, read_topic
 from tests.regions import Regions
 

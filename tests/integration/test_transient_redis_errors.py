@@ -14,8 +14,8 @@ import redis
 from devcluster import RedisServer
 from replication.backoff import retrying
 from replication.capture.versioner import Versioner
-from replication.hlc import HybridClock
-from replication.resp import RedisAddress, RedisCommandError
+from replication.model.hlc import HybridClock
+from replication.redis.resp import RedisAddress, RedisCommandError
 
 # Holds the server for about 1.5 s: every other client gets BUSY meanwhile.
 BUSY_SCRIPT = """

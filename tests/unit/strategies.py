@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from replication.digest import value_digest
-from replication.event import ChangeEvent
-from replication.value import Kind
-from replication.vclock import VectorClock
+from replication.model.digest import value_digest
+from replication.model.event import ChangeEvent
+from replication.model.value import Kind
+from replication.model.vclock import VectorClock
 
 REGIONS = ["ap-south", "eu-west", "us-east"]
 blobs = st.binary(min_size=0, max_size=16)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reconciler.antientropy import SessionError
+from reconciler.consistency.antientropy import SessionError
 from replication.errors import first_cause
 
 

@@ -34,13 +34,13 @@ def test_importing_the_client_loads_no_kafka_daemon_or_merkle_code() -> None:
     modules = set(client["modules"])  # type: ignore[call-overload]
     heavy = (
         "aiokafka",
-        "reconciler.daemon",
-        "reconciler.merkle",
-        "reconciler.antientropy",
+        "reconciler.service.daemon",
+        "reconciler.consistency.merkle",
+        "reconciler.consistency.antientropy",
         "reconciler.client.stream",  # imported only when a [kafka] table turns streaming on
         "replication.capture",
         "replication.transport",
-        "replication.applier",
+        "replication.pipeline.applier",
     )
     forbidden = sorted(name for name in modules if name.startswith(heavy))
     assert forbidden == []

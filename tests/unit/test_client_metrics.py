@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.client.config import PolicyConfig
 from reconciler.client.metrics import ClientMetrics
-from reconciler.client.monitor import ClientTable
 from reconciler.client.router import Router
 from reconciler.client.stream import decode, encode, event_message, snapshot_message
+from reconciler.commands.clients import ClientTable
 from replication.errors import DecodeError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.status import RegionStatus, StatusRecordError, decode_status, encode_status
-from replication.keys import STATUS_FIELDS
+from replication.model.keys import STATUS_FIELDS
 
 
 def test_encoding_round_trips_through_bytes_as_hgetall_returns_them() -> None:

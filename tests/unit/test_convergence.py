@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replication.digest import TOMBSTONE_DIGEST, string_digest
-from replication.event import Version
-from replication.hlc import EPOCH_MS, HybridClock
-from replication.resolver import Outcome, resolve
-from replication.vclock import Order, VectorClock
+from replication.model.digest import TOMBSTONE_DIGEST, string_digest
+from replication.model.event import Version
+from replication.model.hlc import EPOCH_MS, HybridClock
+from replication.model.resolver import Outcome, resolve
+from replication.model.vclock import Order, VectorClock
 
 REGIONS = ["ap-south", "eu-west", "us-east"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import load_config
 from reconciler.configfile import ConfigError
+from reconciler.service.config import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "eu-west.toml"
 MINIMAL = """

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replication.digest import TOMBSTONE_DIGEST, value_digest
-from replication.keys import meta_key
-from replication.slots import SLOTS, key_slot, slot_tag, slot_tags
-from replication.value import Kind
+from replication.model.digest import TOMBSTONE_DIGEST, value_digest
+from replication.model.keys import meta_key
+from replication.model.slots import SLOTS, key_slot, slot_tag, slot_tags
+from replication.model.value import Kind
 
 blobs = st.binary(max_size=8)
 

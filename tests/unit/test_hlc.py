@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replication.hlc import EPOCH_MS, MAX_TIMESTAMP, HybridClock, logical, pack, physical_ms
+from replication.model.hlc import EPOCH_MS, MAX_TIMESTAMP, HybridClock, logical, pack, physical_ms
 
 BASE = EPOCH_MS + 10_000_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.merkle import (
+from reconciler.consistency.merkle import (
     FANOUT,
     LEAF_LEVEL,
     LEVEL_SIZES,
@@ -15,10 +15,10 @@ from reconciler.merkle import (
     entry_hash,
     tree_from_entries,
 )
-from replication.digest import TOMBSTONE_DIGEST
-from replication.metadata import Meta
-from replication.slots import key_slot
-from replication.vclock import VectorClock
+from replication.model.digest import TOMBSTONE_DIGEST
+from replication.model.metadata import Meta
+from replication.model.slots import key_slot
+from replication.model.vclock import VectorClock
 
 CLOCK = VectorClock({"eu-west": 1})
 keys = st.binary(min_size=1, max_size=6)
@@ -85,8 +85,8 @@ def test_buckets_are_stable_and_in_range(ks: list[bytes], n: int) -> None:
 def test_the_fast_leaf_hash_from_raw_records_equals_the_decoded_one(
     ops: list[tuple[bytes, bytes]],
 ) -> None:
-    from reconciler.merkle import leaf_hash, leaf_hash_of_records
-    from replication.metadata import encode_meta
+    from reconciler.consistency.merkle import leaf_hash, leaf_hash_of_records
+    from replication.model.metadata import encode_meta
 
     state = dict(ops)
     entries = {k: meta(d) for k, d in state.items()}
@@ -103,8 +103,8 @@ def test_the_fast_leaf_hash_from_raw_records_equals_the_decoded_one(
 def test_liveness_read_from_raw_records_equals_the_decoded_one(
     digest: bytes, expire: int, origin: str, now: int
 ) -> None:
-    from reconciler.merkle import live_digest
-    from replication.metadata import encode_meta
+    from reconciler.consistency.merkle import live_digest
+    from replication.model.metadata import encode_meta
 
     m = Meta(digest, origin, expire, digest == TOMBSTONE_DIGEST, CLOCK)
     expected = m.digest if m.is_live(now) else None

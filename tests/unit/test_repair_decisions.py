@@ -9,15 +9,15 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.antientropy import decide
-from reconciler.reports import KeyDecision, RepairReport, list_reports, load_report
-from reconciler.tombstones import removable
-from replication.digest import TOMBSTONE_DIGEST
-from replication.event import Version
-from replication.hlc import pack
-from replication.metadata import Meta
-from replication.resolver import Outcome, resolve
-from replication.vclock import VectorClock
+from reconciler.consistency.antientropy import decide
+from reconciler.consistency.reports import KeyDecision, RepairReport, list_reports, load_report
+from reconciler.consistency.tombstones import removable
+from replication.model.digest import TOMBSTONE_DIGEST
+from replication.model.event import Version
+from replication.model.hlc import pack
+from replication.model.metadata import Meta
+from replication.model.resolver import Outcome, resolve
+from replication.model.vclock import VectorClock
 
 NOW = 1_800_000_000_000
 REGIONS = ["ap-south", "eu-west", "us-east"]

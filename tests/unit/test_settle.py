@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from reconciler.control import ControlMessage
-from reconciler.peers import HEARTBEAT, Peers
-from reconciler.settle import CaptureWatermark, Settler, covers
+from reconciler.consistency.control import ControlMessage
+from reconciler.consistency.peers import HEARTBEAT, Peers
+from reconciler.consistency.settle import CaptureWatermark, Settler, covers
 
 
 def test_the_capture_watermark_reaches_a_time_once_its_offset_is_acknowledged() -> None:

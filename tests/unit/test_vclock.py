@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replication.vclock import Order, VectorClock
+from replication.model.vclock import Order, VectorClock
 
 REGIONS = ["eu-west", "us-east", "ap-south", "sa-east"]
 clocks = st.dictionaries(st.sampled_from(REGIONS), st.integers(0, 20), max_size=4).map(VectorClock)

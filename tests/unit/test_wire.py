@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication.errors import DecodeError
-from replication.event import ChangeEvent
-from replication.wire import SCHEMA_VERSION, decode_batch, encode_batch, pack_event
+from replication.model.event import ChangeEvent
+from replication.model.wire import SCHEMA_VERSION, decode_batch, encode_batch, pack_event
 from tests.unit.strategies import events
 
 

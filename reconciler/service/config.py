@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.configfile import ConfigError, Secret, check_fields, load_file, setting
-from replication.keys import is_valid_region_name
-from replication.resp import RedisAddress
+from replication.model.keys import is_valid_region_name
+from replication.redis.resp import RedisAddress
 from replication.transport.settings import KafkaSettings
 
 
@@ -180,7 +180,7 @@ class DaemonConfig:
     region: str = setting(min_len=1)
     peers: tuple[str, ...] = setting(min_len=1)
     retired_regions: tuple[str, ...] = ()
-    """Regions removed for good, whose clock entries are ignored (see replication.vclock)."""
+    """Regions removed for good, whose clock entries are ignored (see replication.model.vclock)."""
     state_dir: str = "/var/lib/reconciler"
     """Capture position and clock high-water mark live here (systemd StateDirectory)."""
     reports_dir: str = ""

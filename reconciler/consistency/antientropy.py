@@ -42,9 +42,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from reconciler.config import AntiEntropySection
-from reconciler.control import ControlChannel, ControlMessage
-from reconciler.merkle import (
+from reconciler.consistency.control import ControlChannel, ControlMessage
+from reconciler.consistency.merkle import (
     LEAF_LEVEL,
     MASK,
     MerkleTree,
@@ -55,16 +54,17 @@ from reconciler.merkle import (
     leaf_hash_of_records,
     live_digest,
 )
-from reconciler.repair import RepairShipper
-from reconciler.reports import KeyDecision, RepairReport
+from reconciler.consistency.repair import RepairShipper
+from reconciler.consistency.reports import KeyDecision, RepairReport
+from reconciler.service.config import AntiEntropySection
 from replication.errors import DecodeError, ReconcilerError, first_cause
-from replication.event import Version
-from replication.keys import is_internal, meta_key
-from replication.library import meta_key_for, parse_read_reply, read_command
-from replication.metadata import Meta, decode_meta
-from replication.resolver import Outcome, resolve
-from replication.resp import RespConnection
-from replication.scan import metadata_entries, user_keys
+from replication.model.event import Version
+from replication.model.keys import is_internal, meta_key
+from replication.model.metadata import Meta, decode_meta
+from replication.model.resolver import Outcome, resolve
+from replication.redis.library import meta_key_for, parse_read_reply, read_command
+from replication.redis.resp import RespConnection
+from replication.redis.scan import metadata_entries, user_keys
 
 log = logging.getLogger(__name__)
 

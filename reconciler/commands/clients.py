@@ -25,11 +25,11 @@ from reconciler.client.config import KafkaConfig, load_client_config
 from reconciler.client.stream import decode
 from reconciler.configfile import ConfigError
 from replication.errors import DecodeError
-from replication.keys import clients_topic
+from replication.model.keys import clients_topic
 
 __all__ = ["ClientTable", "add_arguments", "run"]
 
-log = logging.getLogger("reconciler.client.monitor")
+log = logging.getLogger("reconciler.commands.clients")
 
 _CAUGHT_UP_TIMEOUT_S = 30.0
 

@@ -1,4 +1,4 @@
-"""Per-key metadata as the Lua library stores it (see replication/lua/reconciler.lua):
+"""Per-key metadata as the Lua library stores it (see replication/redis/lua/reconciler.lua):
 a cmsgpack array {digest, origin, expire_at_ms, deleted, flat clock} in the key's slot hash.
 """
 
@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import msgpack
 
-from replication.digest import DIGEST_BYTES, TOMBSTONE_DIGEST
 from replication.errors import DecodeError
-from replication.vclock import VectorClock
+from replication.model.digest import DIGEST_BYTES, TOMBSTONE_DIGEST
+from replication.model.vclock import VectorClock
 
 
 class Meta(NamedTuple):

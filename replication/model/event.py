@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replication.value import Kind, Value
-from replication.vclock import VectorClock
+from replication.model.value import Kind, Value
+from replication.model.vclock import VectorClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class Version:
 class ChangeEvent:
     """A key's state at one version, as shipped between regions.
 
-    `value` has the shape `kind` requires (see replication.value); None for Kind.NONE,
+    `value` has the shape `kind` requires (see replication.model.value); None for Kind.NONE,
     which is a delete (a tombstone). `expire_at_ms` is absolute Unix ms, 0 for none.
     """
 

@@ -1,6 +1,6 @@
 #!lua name=reconciler
 -- The daemon's Redis function library (FUNCTION LOAD). Every read-compare-write of a key
--- and its metadata happens here, atomically. The Python mirrors (replication/digest.py,
+-- and its metadata happens here, atomically. The Python mirrors (replication/model/digest.py,
 -- vclock.py, resolver.py) must agree with this file; tests check they do.
 --
 -- Metadata of a key, in the per-slot hash KEYS[2], field = the key, value = cmsgpack of
@@ -55,7 +55,7 @@ local function fmt_score(s)
   return string.format('%.17g', n)
 end
 
--- Canonical digest of a value given as Redis returns it (see replication/digest.py).
+-- Canonical digest of a value given as Redis returns it (see replication/model/digest.py).
 local function digest(kind, v, exp)
   if kind == 'none' then return tombstone() end
   if kind == 'string' then return finish('s', enc(v), exp) end

@@ -1,6 +1,6 @@
 """Vector clocks (version vectors) over region names.
 
-An entry is the hybrid-logical timestamp (`replication.hlc`) of that region's latest write
+An entry is the hybrid-logical timestamp (`replication.model.hlc`) of that region's latest write
 to the key, not a plain counter (see `tick`). Entries still only grow per region and per key, so the
 usual partial order holds, and in addition a region whose Redis came back from an older
 snapshot (and so forgot its own latest counters) can never hand out an entry it handed out

@@ -2,7 +2,7 @@
 
 Every daemon sends a heartbeat every `interval_s`: its epoch (start time), status, capture
 position, its consumer lag on every other region's topic, and its watermark (how far it has
-shipped and applied; see `reconciler.settle`). A peer not heard from for
+shipped and applied; see `reconciler.consistency.settle`). A peer not heard from for
 `peer_timeout_s` is down; when it is heard again (or for the first time), `on_peer_up`
 fires so anti-entropy runs with it.
 """
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.control import ControlChannel, ControlMessage
+from reconciler.consistency.control import ControlChannel, ControlMessage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class PeerState:
     capture_offset: int = 0
     caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
     heartbeats: int = 0
-    # Its watermark (see reconciler.settle); times are on its clock.
+    # Its watermark (see reconciler.consistency.settle); times are on its clock.
     at_ms: int = 0  # when it sent its last heartbeat
     shipped_through_ms: int = 0  # every write to its Redis before this is in Kafka
     produced: dict[int, int] = field(default_factory=dict)  # its topic, acked offsets

@@ -15,14 +15,14 @@ from functools import partial
 
 from aiokafka.errors import KafkaError
 
-from replication.applier import Applier, ApplyReport
 from replication.backoff import Backoff, retrying
 from replication.capture.versioner import VersionedChange, Versioner
-from replication.event import ChangeEvent
+from replication.model.event import ChangeEvent
+from replication.model.wire import encode_batch
+from replication.pipeline.applier import Applier, ApplyReport
 from replication.transport.consumer import ChangeConsumer, Incoming
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import ChangeProducer
-from replication.wire import encode_batch
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,9 @@ A message is msgpack:
 
     {"v": 1, "type": str, "from": region, "to": region | "*", "session": str, "body": {...}}
 
-Bodies are per type (see `reconciler.heartbeat`, `reconciler.antientropy`). Anything that
-does not decode is logged and dropped; the control channel never crashes the daemon.
+Bodies are per type (see `reconciler.heartbeat`, `reconciler.consistency.antientropy`).
+Anything that does not decode is logged and dropped; the control channel never crashes the
+daemon.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from replication.keys import control_topic, is_valid_region_name
+from replication.model.keys import control_topic, is_valid_region_name
 from replication.transport.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

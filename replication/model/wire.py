@@ -3,7 +3,7 @@
     batch = [schema_version, source_region, [event, ...]]
     event = [db, key, kind, value, expire_at_ms, clock, origin, digest]
 
-`clock` is the flat [region, ts, ...] form, `kind` a `replication.value.Kind` number, and
+`clock` is the flat [region, ts, ...] form, `kind` a `replication.model.value.Kind` number, and
 `value` by kind: string -> bin; list, set -> [bin, ...]; hash -> [field, value, ...];
 zset -> [member, score (float64), ...]; none (a delete) -> nil.
 
@@ -21,13 +21,13 @@ from typing import Any
 
 import msgpack
 
-from replication.digest import DIGEST_BYTES
 from replication.errors import DecodeError
-from replication.event import ChangeEvent
-from replication.hlc import MAX_TIMESTAMP
-from replication.keys import is_internal, is_valid_region_name
-from replication.value import Kind, Value
-from replication.vclock import VectorClock
+from replication.model.digest import DIGEST_BYTES
+from replication.model.event import ChangeEvent
+from replication.model.hlc import MAX_TIMESTAMP
+from replication.model.keys import is_internal, is_valid_region_name
+from replication.model.value import Kind, Value
+from replication.model.vclock import VectorClock
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024

@@ -18,13 +18,13 @@ import hiredis
 
 from replication.capture.versioner import VersionedChange, Versioner
 from replication.errors import DecodeError, UnsupportedTypeError
-from replication.event import ChangeEvent
-from replication.library import KeyState, parse_read_reply, parse_value, read_command
-from replication.metadata import Meta, decode_meta
-from replication.resp import RedisCommandError, RespConnection
-from replication.scan import metadata_entries, user_keys
+from replication.model.event import ChangeEvent
+from replication.model.metadata import Meta, decode_meta
+from replication.model.value import Kind
+from replication.redis.library import KeyState, parse_read_reply, parse_value, read_command
+from replication.redis.resp import RedisCommandError, RespConnection
+from replication.redis.scan import metadata_entries, user_keys
 from replication.transport.producer import ChangeProducer
-from replication.value import Kind
 
 log = logging.getLogger(__name__)
 

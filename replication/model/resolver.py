@@ -21,8 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from replication.event import Version
-from replication.vclock import Order, VectorClock
+from replication.model.event import Version
+from replication.model.vclock import Order, VectorClock
 
 
 class Outcome(enum.Enum):

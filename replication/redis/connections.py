@@ -3,8 +3,8 @@ loaded; a connection that broke is reopened (and the library reloaded) on next u
 
 from __future__ import annotations
 
-from replication.library import ensure_library
-from replication.resp import RedisAddress, RespConnection
+from replication.redis.library import ensure_library
+from replication.redis.resp import RedisAddress, RespConnection
 
 
 class LibraryConnections:

@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 
 import hiredis
 
-from replication.conflicts import ConflictRecord
-from replication.connections import LibraryConnections
 from replication.errors import DecodeError
-from replication.event import ChangeEvent, Version
-from replication.hlc import HybridClock
-from replication.library import (
+from replication.model.conflicts import ConflictRecord
+from replication.model.event import ChangeEvent, Version
+from replication.model.hlc import HybridClock
+from replication.model.metadata import decode_meta
+from replication.redis.connections import LibraryConnections
+from replication.redis.library import (
     apply_command,
     ensure_library,
     is_missing_function,
     parse_apply_reply,
 )
-from replication.metadata import decode_meta
-from replication.resp import RedisAddress, RedisCommandError
+from replication.redis.resp import RedisAddress, RedisCommandError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replication.event import Version
-from replication.resolver import resolve
+from replication.model.event import Version
+from replication.model.resolver import resolve
 
 
 @dataclass(frozen=True, slots=True)

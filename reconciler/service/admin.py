@@ -30,7 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from replication.errors import ReconcilerError
 
 if TYPE_CHECKING:
-    from reconciler.daemon import Daemon
+    from reconciler.service.daemon import Daemon
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Loading the Lua function library (replication/lua/reconciler.lua) into a Redis.
+"""Loading the Lua function library (replication/redis/lua/reconciler.lua) into a Redis.
 
 The library's version is the hash of its source, so a daemon with a changed library
 replaces the old one at connect time; a Redis restarted empty gets it back the same way.
@@ -16,19 +16,19 @@ from typing import Any
 import hiredis
 import msgpack
 
-from replication.digest import format_score
-from replication.event import ChangeEvent
-from replication.keys import meta_key
-from replication.resp import RespConnection
-from replication.slots import key_slot
-from replication.value import Kind, Value
-from replication.vclock import VectorClock
+from replication.model.digest import format_score
+from replication.model.event import ChangeEvent
+from replication.model.keys import meta_key
+from replication.model.slots import key_slot
+from replication.model.value import Kind, Value
+from replication.model.vclock import VectorClock
+from replication.redis.resp import RespConnection
 
 
 @lru_cache(maxsize=1)
 def library_source() -> tuple[str, str]:
     """(source with its version filled in, version)."""
-    text = files("replication").joinpath("lua/reconciler.lua").read_text()
+    text = files("replication.redis").joinpath("lua/reconciler.lua").read_text()
     version = hashlib.sha256(text.encode()).hexdigest()[:16]
     return text.replace("__LIB_VERSION__", version), version
 

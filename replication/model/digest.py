@@ -1,7 +1,7 @@
 """Canonical value digests: the same logical value gives the same 128-bit digest whatever
 Redis's internal encoding (listpack, intset, hashtable, skiplist, quicklist) or version.
 
-The digest is computed inside Redis by the Lua scripts (`replication/lua/common.lua`) so
+The digest is computed inside Redis by the Lua scripts (`replication/redis/lua/common.lua`) so
 that one atomic script can read a key, digest it, compare with its metadata and version it;
 Redis's Lua has SHA-1 (`redis.sha1hex`) but no xxhash, hence SHA-1, truncated to 128 bits.
 This module is the byte-for-byte Python mirror, used by tests, tools and validation; the
@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import cast
 
-from replication.value import Kind, Value
+from replication.model.value import Kind, Value
 
 DIGEST_BYTES = 16
 _LANE_MOD = 1 << 32

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from replication.keys import STATUS_STATES
+from replication.model.keys import STATUS_STATES
 
 if TYPE_CHECKING:
-    from reconciler.daemon import Daemon
+    from reconciler.service.daemon import Daemon
 
 P = "reconciler_"
 

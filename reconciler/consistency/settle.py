@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from reconciler.peers import Peers
+from reconciler.consistency.peers import Peers
 
 Offsets = dict[int, int]  # partition -> offset after the last record
 

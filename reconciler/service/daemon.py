@@ -34,32 +34,32 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 
-from reconciler.admin import AdminServer
-from reconciler.antientropy import AntiEntropy
-from reconciler.config import DaemonConfig
-from reconciler.control import ControlChannel
-from reconciler.merkle import MerkleTree, rebuild
-from reconciler.metrics import DaemonCollector
-from reconciler.peers import BYE, Peers, send_heartbeats
-from reconciler.repair import RepairShipper
-from reconciler.reports import RepairReport
-from reconciler.settle import CaptureWatermark, Settler
+from reconciler.consistency.antientropy import AntiEntropy
+from reconciler.consistency.control import ControlChannel
+from reconciler.consistency.merkle import MerkleTree, rebuild
+from reconciler.consistency.peers import BYE, Peers, send_heartbeats
+from reconciler.consistency.repair import RepairShipper
+from reconciler.consistency.reports import RepairReport
+from reconciler.consistency.settle import CaptureWatermark, Settler
+from reconciler.consistency.tombstones import collect
+from reconciler.service.admin import AdminServer
+from reconciler.service.config import DaemonConfig
+from reconciler.service.metrics import DaemonCollector
 from reconciler.status import RegionStatus, write_status
-from reconciler.tombstones import collect
-from replication.applier import Applier, ApplyReport
 from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import VersionedChange, Versioner
-from replication.connections import LibraryConnections
 from replication.errors import ReconcilerError, exception_leaves
-from replication.hlc import HybridClock
-from replication.inbound import Inbound
-from replication.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
-from replication.outbound import Outbound
-from replication.resp import RespConnection
-from replication.slots import key_slot
+from replication.model.hlc import HybridClock
+from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
+from replication.model.slots import key_slot
+from replication.pipeline.applier import Applier, ApplyReport
+from replication.pipeline.inbound import Inbound
+from replication.pipeline.outbound import Outbound
+from replication.redis.connections import LibraryConnections
+from replication.redis.resp import RespConnection
 from replication.transport.consumer import ChangeConsumer
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import ChangeProducer
@@ -368,8 +368,8 @@ class Daemon:
 
     async def _settle(self, peer: str) -> None:
         """Wait (bounded) until the changes in flight between every region, us and `peer`
-        have been applied on both sides (see `reconciler.settle`): they are not divergence,
-        and repairing them would ship them twice."""
+        have been applied on both sides (see `reconciler.consistency.settle`): they are not
+        divergence, and repairing them would ship them twice."""
         timeout_s = self.config.antientropy.settle_timeout_s
         try:
             settled = await self.settler.wait(peer, timeout_s)

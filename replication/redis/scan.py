@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import hiredis
 
-from replication.keys import INTERNAL_PREFIX, is_internal
-from replication.resp import RedisCommandError, RespConnection
+from replication.model.keys import INTERNAL_PREFIX, is_internal
+from replication.redis.resp import RedisCommandError, RespConnection
 
 CHUNK = 1000
 HASHES_PER_PIPELINE = 128

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from reconciler.merkle import MerkleTree, leaf_entries
-from replication.hlc import physical_ms
-from replication.library import forget_command
-from replication.metadata import Meta
-from replication.resp import RespConnection
-from replication.scan import metadata_entries
+from reconciler.consistency.merkle import MerkleTree, leaf_entries
+from replication.model.hlc import physical_ms
+from replication.model.metadata import Meta
+from replication.redis.library import forget_command
+from replication.redis.resp import RespConnection
+from replication.redis.scan import metadata_entries
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 import xxhash
 
-from replication.digest import DIGEST_BYTES, TOMBSTONE_DIGEST
 from replication.errors import DecodeError
-from replication.keys import meta_key
-from replication.metadata import Meta, decode_meta
-from replication.resp import RespConnection
-from replication.slots import SLOTS, key_slot
+from replication.model.digest import DIGEST_BYTES, TOMBSTONE_DIGEST
+from replication.model.keys import meta_key
+from replication.model.metadata import Meta, decode_meta
+from replication.model.slots import SLOTS, key_slot
+from replication.redis.resp import RespConnection
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ _META_PREFIX = INTERNAL_PREFIX + b"m:{"
 
 def meta_key(slot: int) -> bytes:
     """The metadata hash for hash slot `slot` (its {tag} maps to that same slot)."""
-    from replication.slots import slot_tag
+    from replication.model.slots import slot_tag
 
     return _META_PREFIX + slot_tag(slot) + b"}"
 
