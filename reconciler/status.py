@@ -16,6 +16,22 @@ key). Fields (:data:`replication.model.keys.STATUS_FIELDS`), all stored as ASCII
     Wall-clock milliseconds of the last completed repair, or 0 if none yet.
 ``updated_ms``
     Wall-clock milliseconds of this write.
+``run_id``
+    The ``run_id`` (``INFO server``) of the Redis instance that holds the record, stamped
+    by the script that writes it from that instance's own ``INFO``, not by the daemon's
+    belief. Every start of a redis-server gets a new random ``run_id``, so a record that
+    survived a restart (in an AOF or an RDB, or restored from a backup) names an instance
+    that no longer runs.
+
+Binding ``consistent`` to the data (what makes failback safe): the daemon writes the record
+through the library's ``rr_status`` function, which refuses ``consistent`` unless
+:data:`replication.model.keys.VERIFIED_KEY` holds ``<run_id>:<nonce>`` with this instance's
+``run_id`` and the nonce the daemon wrote there when its last repair completed. An empty
+restart or a ``FLUSHALL`` loses the marker; a restart from an AOF or an old backup carries
+another ``run_id``; so ``consistent`` can only stand in a Redis on which a repair
+completed, whatever the timing of the daemon's loops. A reader checks the other half: the
+record's ``run_id`` is the ``run_id`` of the instance it is probing, in the same
+``MULTI``, and the record has its expiry.
 
 Writer contract (the daemon): call :func:`write_status` at every state change **and**
 periodically (every refresh interval) with ``ttl_ms`` of about three refresh intervals. The
@@ -29,6 +45,7 @@ This module is light on purpose (no daemon code): the failover client imports it
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +64,8 @@ __all__ = [
     "StatusRecordError",
     "decode_status",
     "encode_status",
+    "is_run_id",
+    "parse_run_id",
     "read_status",
     "read_status_sync",
     "write_status",
@@ -66,6 +85,8 @@ class RegionStatus:
     since_ms: int
     last_repair_ms: int = 0
     updated_ms: int = 0
+    run_id: str = ""
+    """The Redis instance holding the record (40 hex digits; empty: unknown, never trusted)."""
 
     def __post_init__(self) -> None:
         if self.state not in STATUS_STATES:
@@ -77,15 +98,27 @@ class RegionStatus:
         for name in ("since_ms", "last_repair_ms", "updated_ms"):
             if getattr(self, name) < 0:
                 raise StatusRecordError(f"status field {name} is negative")
+        if self.run_id and not is_run_id(self.run_id):
+            raise StatusRecordError(f"status run_id {self.run_id[:48]!r} is not 40 hex digits")
 
     @property
     def consistent(self) -> bool:
         """True when the daemon says the region holds what the other regions hold."""
         return self.state == STATUS_CONSISTENT
 
+    def belongs_to(self, run_id: str | None) -> bool:
+        """True when the record was written in the instance whose ``run_id`` is `run_id`."""
+        return bool(run_id) and self.run_id == run_id
+
     @classmethod
     def now(
-        cls, state: str, region: str, *, since_ms: int | None = None, last_repair_ms: int = 0
+        cls,
+        state: str,
+        region: str,
+        *,
+        since_ms: int | None = None,
+        last_repair_ms: int = 0,
+        run_id: str = "",
     ) -> RegionStatus:
         """A status stamped with the current wall-clock time (``since_ms`` defaults to now)."""
         now_ms = time.time_ns() // 1_000_000
@@ -95,7 +128,32 @@ class RegionStatus:
             since_ms=now_ms if since_ms is None else since_ms,
             last_repair_ms=last_repair_ms,
             updated_ms=now_ms,
+            run_id=run_id,
         )
+
+
+_RUN_ID_RE = re.compile(r"[0-9a-f]{40}")
+_INFO_RUN_ID_RE = re.compile(rb"^run_id:([0-9a-f]{40})\r?$", re.MULTILINE)
+
+
+def is_run_id(text: str) -> bool:
+    """True for a redis-server ``run_id``: 40 lowercase hex digits."""
+    return _RUN_ID_RE.fullmatch(text) is not None
+
+
+def parse_run_id(info: object) -> str | None:
+    """The ``run_id`` in an ``INFO server`` answer (raw bytes or str, or redis-py's parsed
+    dict), or None when it has none."""
+    if isinstance(info, Mapping):
+        value = info.get("run_id", info.get(b"run_id"))
+        text = _text(value) if value is not None else ""
+        return text if is_run_id(text) else None
+    if isinstance(info, str):
+        info = info.encode()
+    if not isinstance(info, bytes | bytearray):
+        return None
+    match = _INFO_RUN_ID_RE.search(info)
+    return match.group(1).decode() if match else None
 
 
 def encode_status(status: RegionStatus) -> dict[str, str]:
@@ -106,6 +164,7 @@ def encode_status(status: RegionStatus) -> dict[str, str]:
         "since_ms": str(status.since_ms),
         "last_repair_ms": str(status.last_repair_ms),
         "updated_ms": str(status.updated_ms),
+        "run_id": status.run_id,
     }
 
 
@@ -132,6 +191,7 @@ def decode_status(fields: Mapping[Any, Any]) -> RegionStatus | None:
         since_ms=since_ms,
         last_repair_ms=last_repair_ms,
         updated_ms=updated_ms,
+        run_id=text["run_id"],
     )
 
 
@@ -155,7 +215,9 @@ async def write_status(client: _AsyncClient, status: RegionStatus, ttl_ms: int) 
 
     `client` is a ``redis.asyncio.Redis`` on the region's own Redis. DEL, HSET and PEXPIRE
     run in one MULTI/EXEC, so a reader never sees a record without its expiry or a mix of
-    old and new fields.
+    old and new fields. This writer checks nothing: stand-in daemons in tests use it. The
+    daemon itself writes through the library's ``rr_status``, which refuses a
+    ``consistent`` that no completed repair on this instance vouches for.
     """
     if ttl_ms <= 0:
         raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")

@@ -14,7 +14,12 @@ INTERNAL_PREFIX = b"__rr:"
 # fields in STATUS_FIELDS). It expires if the daemon stops refreshing it, so a dead daemon
 # never looks "consistent".
 STATUS_KEY = b"__rr:status"
-STATUS_FIELDS = ("state", "region", "since_ms", "last_repair_ms", "updated_ms")
+STATUS_FIELDS = ("state", "region", "since_ms", "last_repair_ms", "updated_ms", "run_id")
+# The proof that a repair completed on this Redis instance: "<run_id>:<nonce>", written by
+# the daemon when a repair completes, checked by the script that writes a `consistent`
+# status. An empty restart, a FLUSHALL or a restore from a backup taken before that repair
+# loses it or carries another value, so the status can no longer say `consistent`.
+VERIFIED_KEY = b"__rr:verified"
 STATUS_CONSISTENT = "consistent"
 STATUS_RECOVERING = "recovering"
 STATUS_REPAIRING = "repairing"
