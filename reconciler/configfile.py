@@ -14,6 +14,9 @@ file behaves the same for an operator:
   read from ``password_env`` (the name of an environment variable) or ``password_file`` (a
   file holding the secret); ``password = "..."`` in the file is an error. A ``Secret``
   never shows its value in ``repr`` or ``str``, so printing a config or logging it is safe.
+* Numbers are finite (no ``inf``/``nan``) and integers fit in 64 bits; strings hold no
+  control characters. A message never shows a secret: a password inside a URL is masked
+  wherever it would appear (:func:`mask_secrets`).
 * Range constraints live next to the field (:func:`setting`) and are checked by
   :func:`check_fields`, which each dataclass calls from ``__post_init__``, so a config
   built in code (tests, benchmarks) is validated exactly like one read from a file.
@@ -34,6 +37,7 @@ import difflib
 import hmac
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -47,6 +51,17 @@ T = TypeVar("T")
 
 _CHECK = "reconciler.configfile.check"
 _MASK = "********"
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+# user:password@ in a URL, and password=... in a query string or option list.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*(?P<tail>@)")
+_PASSWORD_PARAM = re.compile(r"(?P<head>(?:password|passwd|pwd|token)=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with any password written in a URL (``redis://u:pw@h``) or as a
+    ``password=`` parameter replaced by a mask, for messages and logs."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}{m['tail']}", text)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['head']}{_MASK}", text)
 
 
 class ConfigError(ReconcilerError):
@@ -59,6 +74,8 @@ class ConfigError(ReconcilerError):
     retriable = False
 
     def __init__(self, problem: str, *, located: bool = False) -> None:
+        # Every message passes through here, so no caller can echo a secret by mistake.
+        problem = mask_secrets(problem)
         super().__init__(problem)
         self.problem = problem
         self.located = located
@@ -161,15 +178,34 @@ def check_fields(instance: object) -> None:
     and what was expected.
     """
     for field in dataclasses.fields(instance):  # type: ignore[arg-type]
-        check = field.metadata.get(_CHECK)
-        if check is None:
-            continue
         value = getattr(instance, field.name)
-        if value is None:
+        problem = _value_problem(value)
+        if problem:
+            raise ConfigError(f"'{field.name}' = {value!r}: {problem}")
+        check = field.metadata.get(_CHECK)
+        if check is None or value is None:
             continue
         if not check.passes(value):
             shown = "<secret>" if isinstance(value, Secret) else repr(value)
             raise ConfigError(f"'{field.name}' = {shown}: expected {check.describe()}")
+
+
+def _value_problem(value: object) -> str:
+    """What is wrong with a value whatever its field ("" if nothing): every number finite
+    and within 64 bits, every string free of control characters (recursively in tuples)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if is_int and not _INT64[0] <= value <= _INT64[1]:  # type: ignore[operator]
+        return "expected an integer that fits in 64 bits"
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must not contain control characters (a newline, a tab, NUL)"
+    if isinstance(value, tuple):
+        for item in value:
+            problem = _value_problem(item)
+            if problem:
+                return problem
+    return ""
 
 
 def load_file(cls: type[T], path: str | os.PathLike[str]) -> T:
@@ -345,9 +381,10 @@ def _plural(hint: Any) -> str:
 def _convert(hint: Any, value: Any, key: str, where: str, *, source: str, table: str) -> Any:
     hint = _strip_optional(hint)
 
-    def bad() -> ConfigError:
+    def bad(expected: str = "") -> ConfigError:
         shown = repr(value) if not isinstance(value, dict) else "a table"
-        return ConfigError(f"{where}'{key}' = {shown}: expected {_describe(hint)}", located=True)
+        expected = expected or _describe(hint)
+        return ConfigError(f"{where}'{key}' = {shown}: expected {expected}", located=True)
 
     if hint is str:
         if not isinstance(value, str):
@@ -360,10 +397,14 @@ def _convert(hint: Any, value: Any, key: str, where: str, *, source: str, table:
     if hint is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad()
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise bad("an integer that fits in 64 bits")
         return value
     if hint is float:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise bad()
+        if not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
     if get_origin(hint) is Literal:
         if value not in get_args(hint) or not isinstance(value, str):

@@ -1,20 +1,50 @@
 """The daemon's configuration: one TOML file per region (see configs/*.toml).
 
 Loaded and validated at start with `reconciler.configfile` (unknown keys rejected naming
-the key, values range-checked, secrets only from `*_env` / `*_file`, masked in repr).
+the key, values range-checked and finite, secrets only from `*_env` / `*_file`, masked in
+repr and in every message). Cross-field rules (a timeout longer than the interval it
+watches, a record that fits a Kafka message, ...) are checked here, naming the keys.
 Only `region`, `peers`, `[redis] url`, `[kafka] bootstrap_servers` are required.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from reconciler.configfile import ConfigError, Secret, check_fields, load_file, setting
-from replication.model.keys import is_valid_region_name
+from replication.model.keys import (
+    changes_topic,
+    clients_topic,
+    control_topic,
+    deadletter_topic,
+    is_valid_region_name,
+)
 from replication.redis.resp import RedisAddress
 from replication.transport.settings import KafkaSettings
+
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+KAFKA_TOPIC_MAX_LEN = 249
+RECORD_HEADROOM_BYTES = 64 * 1024
+"""Room in a Kafka message for what wraps a record of changes (batch framing, headers,
+authentication), so a full record always fits."""
+MIN_HORIZON_S = 3600.0
+"""The shortest tombstone horizon accepted: a delete must be remembered long enough for a
+region that is briefly away (a restart, a partition) to come back without undoing it."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an IP address or "localhost") is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 @dataclass(frozen=True)
@@ -34,8 +64,23 @@ class RedisSection:
             raise ConfigError(f"'url' = {self.url!r}: expected a redis:// URL")
         if "@" in self.url and ":" in self.url.split("@")[0].removeprefix("redis://"):
             raise ConfigError("'url' contains a password: use 'password_env' or 'password_file'")
+        parts = urlsplit(self.url)
+        if parts.query or parts.fragment:
+            raise ConfigError(
+                f"'url' = {self.url!r}: no '?' options in the URL (each option is its own key)"
+            )
+        try:
+            port = parts.port
+            RedisAddress.from_url(self.url)
+        except ValueError as exc:
+            # The port or database is not a number; the URL has no password (checked above).
+            raise ConfigError(f"'url' = {self.url!r}: not a valid Redis URL ({exc})") from None
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"'url' = {self.url!r}: port {port} is out of range")
         if not self.dbs or any(not 0 <= db < 1 << 16 for db in self.dbs):
             raise ConfigError(f"'dbs' = {list(self.dbs)}: expected database numbers >= 0")
+        if len(set(self.dbs)) != len(self.dbs):
+            raise ConfigError(f"'dbs' = {list(self.dbs)}: a database is listed twice")
 
     def address(self, db: int | None = None) -> RedisAddress:
         base = RedisAddress.from_url(
@@ -63,6 +108,35 @@ class KafkaSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for server in self.bootstrap_servers.split(","):
+            host, colon, port = server.strip().rpartition(":")
+            if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ConfigError(
+                    f"'bootstrap_servers' = {self.bootstrap_servers!r}: expected "
+                    "host:port[,host:port...]"
+                )
+        if not _TOPIC_CHARS.fullmatch(self.topic_prefix) or self.topic_prefix in (".", ".."):
+            raise ConfigError(
+                f"'topic_prefix' = {self.topic_prefix!r}: Kafka topic names allow only "
+                "ASCII letters, digits, '.', '_' and '-'"
+            )
+        if self.record_max_bytes > self.max_message_bytes - RECORD_HEADROOM_BYTES:
+            raise ConfigError(
+                f"'record_max_bytes' = {self.record_max_bytes} must be at least "
+                f"{RECORD_HEADROOM_BYTES} below 'max_message_bytes' = {self.max_message_bytes} "
+                "(a record larger than a Kafka message is refused by the broker for ever)"
+            )
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.password):
+            raise ConfigError(
+                f"'security_protocol' = {self.security_protocol!r} needs 'sasl_mechanism', "
+                "'sasl_username' and 'password_env' (or 'password_file')"
+            )
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.password):
+            raise ConfigError(
+                "'sasl_mechanism', 'sasl_username' and the password apply only with "
+                f"security_protocol SASL_PLAINTEXT or SASL_SSL, not {self.security_protocol!r}"
+            )
 
     def settings(self) -> KafkaSettings:
         return KafkaSettings(
@@ -108,6 +182,11 @@ class HeartbeatSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.peer_timeout_s < 2 * self.interval_s:
+            raise ConfigError(
+                f"'peer_timeout_s' = {self.peer_timeout_s:g} must be at least twice "
+                f"'interval_s' = {self.interval_s:g}, or one late heartbeat marks a peer down"
+            )
 
 
 @dataclass(frozen=True)
@@ -144,6 +223,20 @@ class TombstoneSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.horizon_s < MIN_HORIZON_S:
+            raise ConfigError(
+                f"'horizon_s' = {self.horizon_s:g}: expected at least {MIN_HORIZON_S:g} "
+                "(a shorter horizon forgets deletes a briefly absent region has not seen)"
+            )
+        if self.min_age_s >= self.horizon_s:
+            raise ConfigError(
+                f"'min_age_s' = {self.min_age_s:g} must be below 'horizon_s' = {self.horizon_s:g}"
+            )
+        if self.gc_interval_s >= self.horizon_s:
+            raise ConfigError(
+                f"'gc_interval_s' = {self.gc_interval_s:g} must be below "
+                f"'horizon_s' = {self.horizon_s:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -153,6 +246,11 @@ class StatusSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.ttl_s < 2 * self.refresh_s:
+            raise ConfigError(
+                f"'ttl_s' = {self.ttl_s:g} must be at least twice 'refresh_s' = "
+                f"{self.refresh_s:g}, or the status record vanishes between refreshes"
+            )
 
 
 @dataclass(frozen=True)
@@ -160,6 +258,40 @@ class AdminSection:
     host: str = "127.0.0.1"
     port: int = setting(9300, ge=0, le=65535)
     """Health, Prometheus metrics and repair/resync triggers; 0 picks a free port."""
+    token: Secret | None = None
+    """Bearer token (`token_file`) every POST must carry, and every request when `host` is
+    not loopback; a non-loopback `host` without a token is refused."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.host:
+            raise ConfigError("'host' is empty: expected an address to listen on")
+        if self.token is not None and len(self.token.reveal()) < MIN_TOKEN_LEN:
+            raise ConfigError(
+                f"the admin token ('token_file') is shorter than {MIN_TOKEN_LEN} characters"
+            )
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"'host' = {self.host!r} is not a loopback address: a non-loopback admin "
+                "endpoint needs a bearer token, set 'token_file' (a file holding it)"
+            )
+
+
+MIN_TOKEN_LEN = 16
+
+
+@dataclass(frozen=True)
+class ReportsSection:
+    """Bounds on what the daemon keeps on disk in the reports directory."""
+
+    max_reports: int = setting(1000, ge=1)
+    """Sessions whose reports (JSON and Markdown) are kept; the oldest are removed."""
+    max_bytes: int = setting(1 << 30, ge=1 << 20)
+    """Total size of the kept reports; the oldest are removed beyond it."""
+    journal_max_bytes: int = setting(64 << 20, ge=1 << 16)
+    """The conflicts journal is rotated (to `.1`, `.2`, ...) when it reaches this size."""
+    journal_files: int = setting(4, ge=1, le=100)
+    """Rotated journal files kept besides the current one."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -195,6 +327,7 @@ class DaemonConfig:
     status: StatusSection = field(default_factory=StatusSection)
     admin: AdminSection = field(default_factory=AdminSection)
     clock: ClockSection = field(default_factory=ClockSection)
+    reports: ReportsSection = field(default_factory=ReportsSection)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -210,6 +343,15 @@ class DaemonConfig:
             raise ConfigError(f"'peers' lists a region twice: {list(self.peers)}")
         if set(self.retired_regions) & {self.region, *self.peers}:
             raise ConfigError("'retired_regions' must not contain the region or its peers")
+        prefix = self.kafka.topic_prefix
+        topics = [changes_topic(prefix, r) for r in self.regions]
+        topics += [control_topic(prefix), deadletter_topic(prefix), clients_topic(prefix)]
+        longest = max(topics, key=len)
+        if len(longest) > KAFKA_TOPIC_MAX_LEN:
+            raise ConfigError(
+                f"[kafka] 'topic_prefix' = {prefix!r} is too long: topic {longest!r} has "
+                f"{len(longest)} characters, Kafka allows {KAFKA_TOPIC_MAX_LEN}"
+            )
 
     @property
     def regions(self) -> list[str]:
