@@ -15,9 +15,10 @@ from those hashes at start (`rebuild`), and any leaf can be recomputed from Redi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import xxhash
 
@@ -108,6 +109,39 @@ class MerkleTree:
         """Hashes of the children (at level + 1) of the given nodes."""
         row = self.levels[level + 1]
         return {c: row[c] for n in nodes for c in children(level, n)}
+
+
+class MerkleIndex:
+    """The region's trees, one per database, told of every change to a key's live digest
+    (the `replication.pipeline.publisher.ChangeIndex` the publisher writes to).
+
+    While a database's tree is rebuilt, changes still go to the tree in place, and the
+    slots they touch are noted: the new tree may have read those slots before the change,
+    so they are read again once it is in place.
+    """
+
+    def __init__(self, dbs: Iterable[int]) -> None:
+        self.trees: dict[int, MerkleTree] = {db: MerkleTree() for db in dbs}
+        self._rebuilding: dict[int, set[int]] = {}  # db -> slots changed during its rebuild
+
+    def update(self, db: int, key: bytes, old_digest: bytes, new_digest: bytes) -> None:
+        """Record a key's digest change (b"" = no live value) in its database's tree."""
+        tree = self.trees.get(db)
+        if tree is not None:
+            tree.update(key, old_digest, new_digest)
+        touched = self._rebuilding.get(db)
+        if touched is not None:
+            touched.add(key_slot(key))
+
+    @contextlib.contextmanager
+    def rebuilding(self, db: int) -> Iterator[set[int]]:
+        """Note the slots changed in `db` inside the block (the set it yields)."""
+        touched: set[int] = set()
+        self._rebuilding[db] = touched
+        try:
+            yield touched
+        finally:
+            self._rebuilding.pop(db, None)
 
 
 def leaf_entries(flat: list[bytes]) -> dict[bytes, Meta]:

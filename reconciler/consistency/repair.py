@@ -16,15 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import hiredis
 
-from replication.capture.versioner import VersionedChange, Versioner
 from replication.errors import DecodeError, UnsupportedTypeError
 from replication.model.event import ChangeEvent
 from replication.model.metadata import Meta, decode_meta
 from replication.model.value import Kind
+from replication.pipeline.publisher import Publisher
 from replication.redis.library import KeyState, parse_read_reply, parse_value, read_command
 from replication.redis.resp import RedisCommandError, RespConnection
 from replication.redis.scan import metadata_entries, user_keys
-from replication.transport.producer import ChangeProducer
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +69,13 @@ class RepairShipper:
     def __init__(
         self,
         conn: Callable[[int], Awaitable[RespConnection]],
-        versioner: Versioner,
-        producer: ChangeProducer,
+        publisher: Publisher,
         *,
         keys_per_s: float,
-        on_local_changes: Callable[[list[VersionedChange]], None],
     ) -> None:
         self._conn = conn
-        self.versioner = versioner
-        self.producer = producer
+        self.publisher = publisher
         self.limiter = RateLimiter(keys_per_s)
-        self.on_local_changes = on_local_changes
         self.shipped = 0
 
     async def ship(self, db: int, keys: Sequence[bytes], target: str) -> int:
@@ -113,14 +108,11 @@ class RepairShipper:
             except UnsupportedTypeError:
                 continue
         if unversioned:
-            report = await self.versioner.version({db: unversioned})
-            if report.changes:
-                self.on_local_changes(report.changes)
-                shipment = await self.producer.ship([c.event for c in report.changes])
-                await shipment.wait()
+            local = await self.publisher.publish({db: unversioned})
+            await local.wait()
         if events:
             await self.limiter.acquire(len(events))
-            shipment = await self.producer.ship(events, target=target)
+            shipment = await self.publisher.producer.ship(events, target=target)
             await shipment.wait()
         self.shipped += len(events) + len(unversioned)
         return len(events) + len(unversioned)

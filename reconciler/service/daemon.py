@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from reconciler.consistency.antientropy import AntiEntropy
 from reconciler.consistency.control import ControlChannel
-from reconciler.consistency.merkle import MerkleTree, rebuild
+from reconciler.consistency.merkle import MerkleIndex, rebuild
 from reconciler.consistency.peers import BYE, Peers, send_heartbeats
 from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import RepairReport
@@ -50,14 +50,14 @@ from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
-from replication.capture.versioner import VersionedChange, Versioner
+from replication.capture.versioner import Versioner
 from replication.errors import ReconcilerError, exception_leaves
 from replication.model.hlc import HybridClock
 from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
-from replication.model.slots import key_slot
 from replication.pipeline.applier import Applier, ApplyReport
 from replication.pipeline.inbound import Inbound
 from replication.pipeline.outbound import Outbound
+from replication.pipeline.publisher import Publisher
 from replication.redis.connections import LibraryConnections
 from replication.redis.resp import RespConnection
 from replication.transport.consumer import ChangeConsumer
@@ -111,13 +111,15 @@ class Daemon:
         self.clock = HybridClock(
             max_drift_ms=config.clock.max_drift_ms, floor=self._load_clock_floor()
         )
-        self.trees: dict[int, MerkleTree] = {db: MerkleTree() for db in config.redis.dbs}
+        self.index = MerkleIndex(config.redis.dbs)
+        self.trees = self.index.trees
         kafka = config.kafka.settings()
         self.kafka_settings = kafka
         address = config.redis.address(config.redis.dbs[0])
         self.versioner = Versioner(address, self.region, self.clock)
         self.applier = Applier(address, self.region, self.clock, frozenset(config.retired_regions))
         self.producer = ChangeProducer(kafka, self.region)
+        self.publisher = Publisher(self.versioner, self.producer, self.index)
         self.dead_letters = DeadLetters(
             lambda: self.producer.kafka, kafka.topic_prefix, self.region
         )
@@ -132,10 +134,8 @@ class Daemon:
         )
         self.shipper = RepairShipper(
             self.conn,
-            self.versioner,
-            self.producer,
+            self.publisher,
             keys_per_s=config.antientropy.repair_keys_per_s,
-            on_local_changes=self._on_local_changes,
         )
         self.antientropy = AntiEntropy(
             self.region,
@@ -159,28 +159,23 @@ class Daemon:
         )
         self.outbound = Outbound(
             self.source,
-            self.versioner,
-            self.producer,
+            self.publisher,
             on_gap=self._on_gap,
             on_flush=self._on_flush,
-            on_changes=self._on_local_changes,
             max_in_flight=config.capture.max_in_flight_batches,
         )
         self.inbound = Inbound(
             self.consumer,
             self.applier,
-            self.versioner,
-            self.producer,
+            self.publisher,
             self.dead_letters,
             on_applied=self._on_applied,
-            on_local_changes=self._on_local_changes,
             max_records=config.apply.max_records_per_poll,
         )
         self.collector = DaemonCollector(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
-        self._rebuilding: dict[int, set[int]] = {}  # db -> slots changed during its rebuild
         self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
         self._stopping = asyncio.Event()
@@ -233,14 +228,7 @@ class Daemon:
         return await self._conns.get(db)
 
     # -------------------------------------------------------------------- callbacks
-    def _on_local_changes(self, changes: list[VersionedChange]) -> None:
-        for change in changes:
-            event = change.event
-            self._index_change(event.db, event.key, change.previous_digest, event.digest)
-
     def _on_applied(self, report: ApplyReport) -> None:
-        for change in report.digest_changes:
-            self._index_change(change.db, change.key, change.old, change.new)
         for conflict in report.conflicts:
             if conflict.winner == "local":
                 self.state.conflicts_won += 1
@@ -248,14 +236,6 @@ class Daemon:
                 self.state.conflicts_lost += 1
         if report.conflicts:
             self._record_conflicts(report)
-
-    def _index_change(self, db: int, key: bytes, old: bytes, new: bytes) -> None:
-        tree = self.trees.get(db)
-        if tree is not None:
-            tree.update(key, old, new)
-        touched = self._rebuilding.get(db)
-        if touched is not None:
-            touched.add(key_slot(key))
 
     def _record_conflicts(self, report: ApplyReport) -> None:
         path = self.config.reports_path / f"conflicts-{self.region}.jsonl"
@@ -425,12 +405,7 @@ class Daemon:
         await self._rebuild_trees()
         swept = 0
         for db in self.config.redis.dbs:
-            async for report in self.versioner.sweep(db):
-                if report.changes:
-                    self._on_local_changes(report.changes)
-                    shipment = await self.producer.ship([c.event for c in report.changes])
-                    await shipment.wait()
-                    swept += len(report.changes)
+            swept += await self.publisher.sweep(db)
         return swept
 
     async def _rebuild_trees(self) -> None:
@@ -445,12 +420,9 @@ class Daemon:
 
             # Changes during the scan go to the old tree; the new one may have read their
             # slot before them. Those slots are read again once it is in place.
-            self._rebuilding[db] = set()
-            try:
+            with self.index.rebuilding(db) as touched:
                 tree = await rebuild(conn, progress=progress)
-            finally:
-                touched = self._rebuilding.pop(db, set())
-            self.trees[db] = tree
+                self.trees[db] = tree
             if touched:
                 drifted = await self.antientropy.refresh_slots(db, sorted(touched))
                 log.info(

@@ -16,13 +16,12 @@ from functools import partial
 from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff, retrying
-from replication.capture.versioner import VersionedChange, Versioner
 from replication.model.event import ChangeEvent
 from replication.model.wire import encode_batch
 from replication.pipeline.applier import Applier, ApplyReport
+from replication.pipeline.publisher import Publisher
 from replication.transport.consumer import ChangeConsumer, Incoming
 from replication.transport.deadletter import DeadLetters
-from replication.transport.producer import ChangeProducer
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +46,17 @@ class Inbound:
         self,
         consumer: ChangeConsumer,
         applier: Applier,
-        versioner: Versioner,
-        producer: ChangeProducer,
+        publisher: Publisher,
         dead_letters: DeadLetters,
         *,
         on_applied: Callable[[ApplyReport], None],
-        on_local_changes: Callable[[list[VersionedChange]], None],
         max_records: int = 500,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
-        self.versioner = versioner
-        self.producer = producer
+        self.publisher = publisher
         self.dead_letters = dead_letters
         self.on_applied = on_applied
-        self.on_local_changes = on_local_changes
         self.max_records = max_records
         self.stats = InboundStats()
         self._stopping = asyncio.Event()
@@ -118,6 +113,7 @@ class Inbound:
             # At once, not for the whole poll: if Redis is lost (and restarted empty) while
             # a later record is retried, these changes must reach the index that described
             # the Redis they went into, not the one rebuilt after it.
+            self.publisher.applied(report.digest_changes)
             self.on_applied(report)
             total.merge(report)
             self.stats.events += len(item.batch.events)
@@ -140,13 +136,8 @@ class Inbound:
             keys: dict[int, set[bytes]] = {}
             for event in pending:
                 keys.setdefault(event.db, set()).add(event.key)
-            local = await retrying(
-                partial(self.versioner.version, keys), what="versioning deferred keys"
-            )
-            if local.changes:
-                self.on_local_changes(local.changes)
-                shipment = await self.producer.ship([c.event for c in local.changes])
-                await shipment.wait()
+            local = await self.publisher.publish(keys, retry="versioning deferred keys")
+            await local.wait()
             retry = await retrying(
                 partial(self.applier.apply, pending, source), what="re-applying deferred events"
             )

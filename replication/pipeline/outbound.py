@@ -1,6 +1,6 @@
 """Outbound: the region's change stream, versioned, shipped to Kafka, then acknowledged.
 
-    source.batches() -> versioner.version() -> producer.ship() -> (Kafka acks) -> source.ack()
+    source.batches() -> publisher.publish() -> (Kafka acks) -> source.ack()
 
 Up to `max_in_flight` batches may be waiting for Kafka while the next ones are versioned;
 acknowledgements go back to the source strictly in stream order, and only once Kafka has
@@ -15,10 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from replication.backoff import retrying
 from replication.capture.batch import CaptureBatch, ChangeSource, Gap
-from replication.capture.versioner import VersionedChange, Versioner
-from replication.transport.producer import ChangeProducer, Shipment
+from replication.pipeline.publisher import Publisher
+from replication.transport.producer import Shipment
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,16 @@ class Outbound:
     def __init__(
         self,
         source: ChangeSource,
-        versioner: Versioner,
-        producer: ChangeProducer,
+        publisher: Publisher,
         *,
         on_gap: Callable[[Gap], Awaitable[None]],
         on_flush: Callable[[frozenset[int]], Awaitable[None]],
-        on_changes: Callable[[list[VersionedChange]], None],
         max_in_flight: int = 8,
     ) -> None:
         self.source = source
-        self.versioner = versioner
-        self.producer = producer
+        self.publisher = publisher
         self.on_gap = on_gap
         self.on_flush = on_flush
-        self.on_changes = on_changes
         self.stats = OutboundStats()
         # (end offset, shipment) per batch in stream order; None marks the end.
         self._in_flight: asyncio.Queue[tuple[int | None, Shipment | None] | None] = asyncio.Queue(
@@ -104,17 +99,15 @@ class Outbound:
         if batch.keys:
             # The same batch is retried while Redis is unreachable: skipping it would lose
             # its writes (the stream moves on; its offset would be acknowledged).
-            report = await retrying(
-                lambda: self.versioner.version(batch.keys, replay=batch.replay),
-                what="versioning a capture batch",
+            published = await self.publisher.publish(
+                batch.keys, replay=batch.replay, retry="versioning a capture batch"
             )
+            report = published.report
+            shipment = published.shipment
             self.stats.reshipped += report.reshipped
             self.stats.echoes += report.echoes
             self.stats.unsupported += len(report.unsupported)
-            if report.changes:
-                self.on_changes(report.changes)
-                shipment = await self.producer.ship([c.event for c in report.changes])
-                self.stats.changes += len(report.changes)
+            self.stats.changes += len(report.changes)
         self.stats.batches += 1
         self.stats.commands += batch.commands
         await self._in_flight.put((batch.end_offset, shipment))

@@ -32,6 +32,7 @@ from replication.model.metadata import decode_meta
 from replication.model.value import Kind, Value
 from replication.model.vclock import Order, VectorClock
 from replication.pipeline.outbound import Outbound
+from replication.pipeline.publisher import Publisher
 from replication.redis.library import apply_command, meta_key_for, parse_apply_reply
 from replication.redis.resp import RedisAddress
 from tests.integration.test_capture_stream import (
@@ -498,6 +499,13 @@ class ListProducer:
         return None
 
 
+class NoIndex:
+    """The outbound test keeps no Merkle index."""
+
+    def update(self, db: int, key: bytes, old_digest: bytes, new_digest: bytes) -> None:
+        return None
+
+
 async def test_a_gap_while_stopped_triggers_a_sweep_that_finds_exactly_the_missed_changes(
     primary: RedisServer, tmp_path: Path
 ) -> None:
@@ -546,11 +554,9 @@ async def test_a_gap_while_stopped_triggers_a_sweep_that_finds_exactly_the_misse
         producer = ListProducer()
         outbound = Outbound(
             source,
-            versioner,
-            producer,  # type: ignore[arg-type]
+            Publisher(versioner, producer, NoIndex()),  # type: ignore[arg-type]
             on_gap=on_gap,
             on_flush=on_flush,
-            on_changes=lambda changes: None,
         )
         async with versioner, source:
             running = asyncio.create_task(outbound.run())
