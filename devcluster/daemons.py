@@ -11,6 +11,9 @@ from typing import Any
 
 from devcluster.ports import wait_until
 from devcluster.process import ServerProcess
+from replication.model.auth import Keyring
+
+KEYS_FILE = "keys"
 
 # Faster timings than production defaults, so tests and the demo move quickly.
 FAST = {
@@ -70,11 +73,31 @@ def write_config(
         "state_dir": str(directory / f"state-{region}"),
         "redis": {"url": redis_url},
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": topic_prefix},
+        "auth": {"keys_file": str(ensure_keys(directory, [region, *peers]))},
     }
     data = _merge(_merge(data, FAST), overrides or {})
     path = directory / f"{region}.toml"
     path.write_text(render_toml(data))
     return path
+
+
+def ensure_keys(directory: Path, regions: list[str]) -> Path:
+    """The keyring every region configured in `directory` shares (created with a random key
+    per region, regions added as they appear; readable by the owner only)."""
+    path = directory / KEYS_FILE
+    text = path.read_text() if path.exists() else ""
+    known = Keyring.parse(text).regions()
+    missing = [r for r in regions if r not in known]
+    if missing:
+        path.touch(mode=0o600)
+        with path.open("a") as f:
+            f.write(Keyring.generate_text(missing))
+    return path
+
+
+def keyring_of(directory: Path) -> Keyring:
+    """The keyring of the regions configured in `directory` (to sign or verify in tests)."""
+    return Keyring.parse((directory / KEYS_FILE).read_text())
 
 
 class DaemonProcess:

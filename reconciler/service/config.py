@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from reconciler.configfile import ConfigError, Secret, check_fields, load_file, setting
+from replication.model.auth import Keyring, KeyringError, Signer, is_valid_key_id
 from replication.model.keys import (
     changes_topic,
     clients_topic,
@@ -155,6 +156,30 @@ class KafkaSection:
             sasl_username=self.sasl_username,
             sasl_password=self.password.reveal() if self.password else None,
         )
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    """The keys that sign and verify every record (replication.model.auth): a keyring read
+    from `keys_file` or `keys_env`, never written in this file."""
+
+    keys: Secret
+    signing_key_id: str | None = None
+    """Which of this region's keys signs (required while a rotation lists two)."""
+    keyring: Keyring = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.signing_key_id is not None and not is_valid_key_id(self.signing_key_id):
+            raise ConfigError(f"'signing_key_id' = {self.signing_key_id!r} is not a key id")
+        try:
+            keyring = Keyring.parse(self.keys.reveal(), source="'keys'")
+        except KeyringError as exc:
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "keyring", keyring)
+
+    def signer(self, region: str) -> Signer:
+        return self.keyring.signer(region, self.signing_key_id)
 
 
 @dataclass(frozen=True)
@@ -299,7 +324,11 @@ class ReportsSection:
 
 @dataclass(frozen=True)
 class ClockSection:
-    max_drift_ms: int = setting(60_000, ge=0)
+    max_drift_ms: int = setting(60_000, ge=1000)
+    """How far ahead of this region's wall clock a remote timestamp may be: further ahead, a
+    remote clock is not followed, and an event carrying one is quarantined (dead-lettered,
+    `reconciler_apply_quarantined_total`), never applied. At least 1 s: ordinary clock skew
+    between hosts plus transit time must never quarantine a live write."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -309,6 +338,7 @@ class ClockSection:
 class DaemonConfig:
     redis: RedisSection
     kafka: KafkaSection
+    auth: AuthSection
     region: str = setting(min_len=1)
     peers: tuple[str, ...] = setting(min_len=1)
     retired_regions: tuple[str, ...] = ()
@@ -351,6 +381,20 @@ class DaemonConfig:
             raise ConfigError(
                 f"[kafka] 'topic_prefix' = {prefix!r} is too long: topic {longest!r} has "
                 f"{len(longest)} characters, Kafka allows {KAFKA_TOPIC_MAX_LEN}"
+            )
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        keyring = self.auth.keyring
+        try:
+            self.auth.signer(self.region)
+        except KeyringError as exc:
+            raise ConfigError(f"[auth] {exc}") from None
+        unkeyed = [p for p in self.peers if not keyring.key_ids(p)]
+        if unkeyed:
+            raise ConfigError(
+                f"[auth] the keyring has no key for peers {unkeyed}: their records could "
+                "not be verified"
             )
 
     @property

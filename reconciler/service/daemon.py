@@ -115,6 +115,10 @@ class Daemon:
         self.trees = self.index.trees
         kafka = config.kafka.settings()
         self.kafka_settings = kafka
+        # Every record we produce is signed with our key; every record we read is verified
+        # against its claimed region's keys (replication.model.auth).
+        self.keyring = config.auth.keyring
+        self.signer = config.auth.signer(self.region)
         address = config.redis.address(config.redis.dbs[0])
         self.versioner = Versioner(address, self.region, self.clock)
         self.applier = Applier(address, self.region, self.clock, frozenset(config.retired_regions))
