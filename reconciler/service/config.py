@@ -169,14 +169,14 @@ class AuthSection:
     keyring: Keyring = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if self.signing_key_id is not None and not is_valid_key_id(self.signing_key_id):
-            raise ConfigError(f"'signing_key_id' = {self.signing_key_id!r} is not a key id")
         try:
             keyring = Keyring.parse(self.keys.reveal(), source="'keys'")
         except KeyringError as exc:
             raise ConfigError(str(exc)) from None
         object.__setattr__(self, "keyring", keyring)
+        check_fields(self)
+        if self.signing_key_id is not None and not is_valid_key_id(self.signing_key_id):
+            raise ConfigError(f"'signing_key_id' = {self.signing_key_id!r} is not a key id")
 
     def signer(self, region: str) -> Signer:
         return self.keyring.signer(region, self.signing_key_id)
@@ -389,7 +389,8 @@ class DaemonConfig:
         try:
             self.auth.signer(self.region)
         except KeyringError as exc:
-            raise ConfigError(f"[auth] {exc}") from None
+            named = "'signing_key_id': " if self.auth.signing_key_id else ""
+            raise ConfigError(f"[auth] {named}{exc}") from None
         unkeyed = [p for p in self.peers if not keyring.key_ids(p)]
         if unkeyed:
             raise ConfigError(

@@ -16,6 +16,7 @@ import pytest
 
 from reconciler.configfile import ConfigError
 from reconciler.service.config import load_config
+from replication.model.auth import Keyring
 
 BASE: dict[str, dict[str, str]] = {
     "": {
@@ -25,7 +26,16 @@ BASE: dict[str, dict[str, str]] = {
     },
     "redis": {"url": '"redis://127.0.0.1:6379/0"'},
     "kafka": {"bootstrap_servers": '"127.0.0.1:9092"'},
+    "auth": {"keys_env": '"TEST_RECONCILER_KEYS"'},
 }
+KEYS = Keyring.generate_text(["eu-west", "us-east", "ap-south"])
+
+
+@pytest.fixture(autouse=True)
+def keys_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Also inherited by the `reconciler run` subprocesses below.
+    monkeypatch.setenv("TEST_RECONCILER_KEYS", KEYS)
+
 
 SECRET = "hunter2-hunter2"
 
@@ -104,6 +114,10 @@ BROKEN: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("kafka", "partitions", "8.5", ("partitions",)),
     ("antientropy", "on_start", '"yes"', ("on_start",)),
     ("kafka", "lingerms", "5", ("lingerms",)),
+    # the keyring
+    ("auth", "signing_key_id", '"k2"', ("signing_key_id", "k2")),
+    ("auth", "signing_key_id", '"bad id"', ("signing_key_id",)),
+    ("auth", "keys_env", '"RR_TEST_NO_SUCH_VARIABLE"', ("keys_env",)),
     ("", "peer", '["us-east"]', ("peer",)),
 ]
 
