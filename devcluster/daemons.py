@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,12 @@ def write_config(
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": topic_prefix},
         "auth": {"keys_file": str(ensure_keys(directory, [region, *peers]))},
     }
+    # Operator commands (POST) need the admin endpoint's bearer token: one per region.
+    token = directory / f"admin-token-{region}"
+    if not token.exists():
+        token.write_text(secrets.token_hex(24) + "\n")
+        token.chmod(0o600)
+    data["admin"] = {"token_file": str(token)}
     data = _merge(_merge(data, FAST), overrides or {})
     path = directory / f"{region}.toml"
     path.write_text(render_toml(data))
@@ -147,8 +155,17 @@ class DaemonProcess:
             result: dict[str, Any] = json.loads(response.read())
             return result
 
+    def admin_token(self) -> str | None:
+        """The bearer token of the daemon's admin endpoint, from its config."""
+        admin = tomllib.loads(self.config.read_text()).get("admin", {})
+        file = admin.get("token_file")
+        return Path(file).read_text().strip() if file else None
+
     def post(self, path: str, timeout_s: float = 600) -> dict[str, Any]:
         request = urllib.request.Request(self.admin_url() + path, method="POST")  # noqa: S310
+        token = self.admin_token()
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             result: dict[str, Any] = json.loads(response.read())
             return result

@@ -51,6 +51,8 @@ def call_daemon(config: DaemonConfig, path: str, params: dict[str, str]) -> dict
     """POST to the daemon's admin endpoint and return its JSON answer."""
     url = f"{admin_base_url(config)}{path}?{urlencode(params)}"
     request = urllib.request.Request(url, method="POST")  # noqa: S310 - our own loopback URL
+    if config.admin.token is not None:
+        request.add_header("Authorization", f"Bearer {config.admin.token.reveal()}")
     try:
         with urllib.request.urlopen(request, timeout=24 * 3600) as response:  # noqa: S310
             result: dict[str, Any] = json.loads(response.read())

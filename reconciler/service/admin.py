@@ -10,14 +10,27 @@
 A small stdlib HTTP server in a thread; requests that need the daemon are run on its event
 loop. It listens on loopback by default: it can trigger repairs, so keep it private. The
 address it bound is written to <state_dir>/admin-<region>.json for the CLI.
+
+Access: every POST needs `Authorization: Bearer <token>`, the token read from
+`[admin] token_file` (without one configured, operator commands are refused); when the
+endpoint is bound to a non-loopback address every request needs it (the config refuses such
+a bind without a token). Operator sessions are de-duplicated (a second identical request
+waits for the first one's report) and bounded (`MAX_OPERATOR_SESSIONS` distinct sessions,
+`MAX_WAITING` requests waiting at once; beyond that: 429). Refused requests are counted by
+reason (`reconciler_admin_refused_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
+import hmac
 import json
 import logging
 import threading
+from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from reconciler.configfile import Secret
+from reconciler.service.config import is_loopback
 from replication.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -35,6 +50,70 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SESSION_TIMEOUT_S = 24 * 3600.0
+MAX_OPERATOR_SESSIONS = 4  # distinct (peer, mode) sessions queued or running for operators
+MAX_WAITING = 16  # HTTP requests waiting for a session's report at once (one thread each)
+REQUEST_READ_TIMEOUT_S = 30.0  # a client that sends its request slower than this is dropped
+
+
+class BusyError(ReconcilerError):
+    """Too many operator requests at once (answered 429)."""
+
+    retriable = True
+
+
+class OperatorSessions:
+    """Operator sessions by (peer, mode): identical requests share one session and its
+    report; at most `max_sessions` distinct ones and `max_waiting` waiting requests."""
+
+    def __init__(self, max_sessions: int = MAX_OPERATOR_SESSIONS, max_waiting: int = MAX_WAITING):
+        self.max_sessions = max_sessions
+        self.max_waiting = max_waiting
+        self._lock = threading.RLock()  # a done callback may run inside run()
+        self._running: dict[tuple[str, str], concurrent.futures.Future[Any]] = {}
+        self._waiting = 0
+        self.joined = 0  # requests that shared a session already queued
+
+    def run(
+        self,
+        key: tuple[str, str],
+        start: Callable[[], concurrent.futures.Future[Any]],
+        timeout_s: float,
+    ) -> Any:
+        """The report of the session `key`, starting it with `start()` unless one is
+        already queued or running. Raises BusyError when over the bounds."""
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                raise BusyError(
+                    f"{self._waiting} operator requests are already waiting; retry later"
+                )
+            future = self._running.get(key)
+            if future is None:
+                if len(self._running) >= self.max_sessions:
+                    raise BusyError(
+                        f"{len(self._running)} operator sessions are already queued or running "
+                        f"({', '.join(f'{m} {p}' for p, m in sorted(self._running))}); retry later"
+                    )
+                future = start()
+                self._running[key] = future
+                future.add_done_callback(functools.partial(self._finished, key))
+            else:
+                self.joined += 1
+            self._waiting += 1
+        try:
+            return future.result(timeout_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _finished(self, key: tuple[str, str], future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            if self._running.get(key) is future:
+                del self._running[key]
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._running)
 
 
 def admin_file(state_dir: Path, region: str) -> Path:
@@ -42,10 +121,19 @@ def admin_file(state_dir: Path, region: str) -> Path:
 
 
 class AdminServer:
-    def __init__(self, daemon: Daemon, host: str, port: int) -> None:
+    def __init__(self, daemon: Daemon, host: str, port: int, token: Secret | None = None) -> None:
         self.daemon = daemon
         self.host = host
         self.port = port
+        self.token = token if token is not None else daemon.config.admin.token
+        if self.token is None and not is_loopback(host):
+            # The config refuses this too; a server built in code must not bypass it.
+            raise ReconcilerError(
+                f"admin endpoint on non-loopback {host!r} without a bearer token: "
+                "set [admin] token_file"
+            )
+        self.sessions = OperatorSessions()
+        self.refused: Counter[str] = Counter()  # refused requests by reason
         self.registry = CollectorRegistry()
         self.registry.register(daemon.collector)
         ProcessCollector(registry=self.registry)
@@ -72,9 +160,27 @@ class AdminServer:
         admin_file(self.daemon.state_dir, self.daemon.region).unlink(missing_ok=True)
 
     def run_on_loop(self, coro: Any, timeout_s: float) -> Any:
+        return self.submit(coro).result(timeout_s)
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         if self._loop is None:
+            coro.close()
             raise RuntimeError("admin server not started")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an Authorization header carries the configured bearer token."""
+        if self.token is None or not header:
+            return False
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # Constant time: the comparison must not tell how much of a guess was right.
+        return hmac.compare_digest(presented.strip().encode(), self.token.reveal().encode())
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
 
     def status(self) -> dict[str, Any]:
         d = self.daemon
@@ -98,6 +204,7 @@ class AdminServer:
 def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "reconciler-admin"
+        timeout = REQUEST_READ_TIMEOUT_S  # socket timeout: a stalled client frees its thread
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("admin: %s", format % args)
@@ -112,7 +219,46 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
         def _json(self, code: int, data: Any) -> None:
             self._send(code, (json.dumps(data, indent=1) + "\n").encode())
 
+        def _refuse(self, code: int, reason: str, message: str) -> None:
+            admin.refused[reason] += 1
+            log.warning(
+                "admin request refused: reason=%s path=%s", reason, urlsplit(self.path).path
+            )
+            if code == HTTPStatus.UNAUTHORIZED:
+                self.send_response(code)
+                body = (json.dumps({"error": message}) + "\n").encode()
+                self.send_header("WWW-Authenticate", 'Bearer realm="reconciler"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self._json(code, {"error": message})
+
+        def _allowed(self, *, operator: bool) -> bool:
+            """Check the bearer token where one is needed; answers the refusal itself."""
+            if not operator and admin.loopback:
+                return True
+            if admin.token is None:
+                self._refuse(
+                    HTTPStatus.FORBIDDEN,
+                    "no_token_configured",
+                    "operator commands need a bearer token: set [admin] token_file in this "
+                    "daemon's config (the CLI reads it from the same file)",
+                )
+                return False
+            if not admin.authorized(self.headers.get("Authorization")):
+                self._refuse(
+                    HTTPStatus.UNAUTHORIZED,
+                    "bad_token",
+                    "missing or wrong bearer token (Authorization: Bearer <[admin] token_file>)",
+                )
+                return False
+            return True
+
         def do_GET(self) -> None:
+            if not self._allowed(operator=False):
+                return
             path = urlsplit(self.path).path
             if path == "/health":
                 stopping = admin.daemon._stopping.is_set()
@@ -126,6 +272,8 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {path}"})
 
         def do_POST(self) -> None:
+            if not self._allowed(operator=True):
+                return
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             modes = {"/repair": "repair", "/verify": "verify", "/resync": "resync"}
@@ -136,11 +284,25 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
             if mode == "repair" and query.get("dry_run") in ("1", "true", "yes"):
                 mode = "dry-run"
             peer = query.get("peer", "")
+            peers = list(admin.daemon.config.peers)
+            if peer not in peers:
+                self._refuse(
+                    HTTPStatus.BAD_REQUEST,
+                    "unknown_peer",
+                    f"unknown peer {peer!r} (peers: {peers})",
+                )
+                return
             try:
-                report = admin.run_on_loop(
-                    admin.daemon.operator_session(peer, mode, "operator command"),
+                report = admin.sessions.run(
+                    (peer, mode),
+                    lambda: admin.submit(
+                        admin.daemon.operator_session(peer, mode, "operator command")
+                    ),
                     SESSION_TIMEOUT_S,
                 )
+            except BusyError as exc:
+                self._refuse(HTTPStatus.TOO_MANY_REQUESTS, "busy", str(exc))
+                return
             except ReconcilerError as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
                 return

@@ -114,6 +114,20 @@ class DaemonCollector(Collector):
             "conflicts_lost", "Conflicts won by the remote version", d.state.conflicts_lost
         )
 
+        refused = CounterMetricFamily(
+            P + "admin_refused",
+            "Admin requests refused, by reason (token, unknown peer, busy)",
+            labels=["region", "reason"],
+        )
+        for reason, n in sorted(d.admin.refused.items()):
+            refused.add_metric([region, reason], n)
+        yield refused
+        yield gauge(
+            "admin_operator_sessions",
+            "Operator sessions queued or running",
+            d.admin.sessions.queued,
+        )
+
         status = GaugeMetricFamily(
             P + "status", "1 for the current state", labels=["region", "state"]
         )
