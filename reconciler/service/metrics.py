@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from replication.model.keys import STATUS_STATES
@@ -23,6 +28,25 @@ P = "reconciler_"
 class DaemonCollector(Collector):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+
+    def _stages(self) -> HistogramMetricFamily:
+        """Replication lag split by stage (see replication.latency), counted in changes."""
+        d = self.daemon
+        family = HistogramMetricFamily(
+            P + "stage_seconds",
+            "Time changes spent per replication stage: captured_to_versioned and "
+            "versioned_to_acked here as origin; produced_to_consumed, consumed_to_applied "
+            "and produced_to_applied here as destination",
+            labels=["region", "stage"],
+        )
+        for latency in (d.outbound.latency, d.inbound.latency):
+            for stage, hist in latency.stages.items():
+                buckets = [
+                    ("+Inf" if bound == float("inf") else repr(bound), float(n))
+                    for bound, n in hist.cumulative()
+                ]
+                family.add_metric([d.region, stage], buckets, hist.total_s)
+        return family
 
     def collect(self) -> Iterator[Metric]:
         d = self.daemon
@@ -69,6 +93,7 @@ class DaemonCollector(Collector):
         ):
             outcomes.add_metric([region, outcome], n)
         yield outcomes
+        yield self._stages()
         yield counter("apply_deferred", "Applies deferred behind a local write", inb.deferred)
         yield counter("deadletters", "Messages sent to the dead-letter topic", d.dead_letters.count)
         yield counter("kafka_records_sent", "Change records produced", d.producer.records_sent)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from replication.errors import ReconcilerError
@@ -81,6 +81,8 @@ class CaptureBatch:
     replay: bool
     """Every command is at or below the server's offset seen when we (re)connected:
     these commands may already have been seen before a crash or restart."""
+    created_at: float = field(default_factory=time.monotonic, compare=False)
+    """``time.monotonic()`` when the batch was closed: where the lag histograms start."""
 
     @property
     def key_count(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -16,6 +17,7 @@ from functools import partial
 from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff, retrying
+from replication.latency import PEER_STAGES, StageLatency
 from replication.model.event import ChangeEvent
 from replication.model.wire import encode_batch
 from replication.pipeline.applier import Applier, ApplyReport
@@ -26,6 +28,10 @@ from replication.transport.deadletter import DeadLetters
 log = logging.getLogger(__name__)
 
 MAX_DEFER_ROUNDS = 20
+# Offsets are committed at most this often, not after every poll: a commit is a round trip
+# to the group coordinator on the apply loop, and what it protects against (re-applying a
+# few records after a crash) is harmless, as applying is idempotent by clocks.
+COMMIT_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Inbound:
         self.on_applied = on_applied
         self.max_records = max_records
         self.stats = InboundStats()
+        self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -66,14 +73,22 @@ class Inbound:
         self._stopping.set()
 
     async def run(self) -> None:
+        uncommitted = False
+        last_commit = 0.0
         while not self._stopping.is_set():
+            # The timeout only bounds an idle wait: poll returns as soon as records arrive.
             incoming = await self.consumer.poll(timeout_ms=200, max_records=self.max_records)
             self.stats.polls += 1
             if incoming:
                 await self.process(incoming)
+                uncommitted = True
             self.consumer.mark_applied()  # skipped and dead-lettered records count as done
-            if incoming:
+            if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                 await self._commit()
+                uncommitted = False
+                last_commit = time.monotonic()
+        if uncommitted:
+            await self._commit()
 
     async def _commit(self) -> None:
         backoff = Backoff(base_s=0.1, cap_s=5.0)
@@ -117,6 +132,7 @@ class Inbound:
             self.on_applied(report)
             total.merge(report)
             self.stats.events += len(item.batch.events)
+            self._observe(item)
         s = self.stats
         s.applied += total.applied
         s.stale += total.stale
@@ -124,6 +140,17 @@ class Inbound:
         s.local_won += total.local_won
         s.rejected += len(total.rejected)
         return total
+
+    def _observe(self, item: Incoming) -> None:
+        if not item.produced_ms or not item.consumed_at:
+            return
+        n = len(item.batch.events)
+        now_wall_ms = time.time_ns() / 1e6
+        consumed_wall_ms = now_wall_ms - (time.monotonic() - item.consumed_at) * 1000
+        lat = self.latency
+        lat.observe("produced_to_consumed", (consumed_wall_ms - item.produced_ms) / 1000, n)
+        lat.observe("consumed_to_applied", time.monotonic() - item.consumed_at, n)
+        lat.observe("produced_to_applied", (now_wall_ms - item.produced_ms) / 1000, n)
 
     async def _settle_deferred(self, report: ApplyReport, source: str) -> None:
         backoff = Backoff(base_s=0.01, cap_s=1.0)

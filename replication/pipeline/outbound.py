@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from replication.capture.batch import CaptureBatch, ChangeSource, Gap
+from replication.latency import ORIGIN_STAGES, StageLatency
 from replication.pipeline.publisher import Publisher
 from replication.transport.producer import Shipment
 
@@ -31,6 +33,13 @@ class OutboundStats:
     echoes: int = 0
     unsupported: int = 0
     acked_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    offset: int | None
+    shipment: Shipment | None
+    versioned_at: float
 
 
 class Outbound:
@@ -50,10 +59,9 @@ class Outbound:
         self.on_gap = on_gap
         self.on_flush = on_flush
         self.stats = OutboundStats()
-        # (end offset, shipment) per batch in stream order; None marks the end.
-        self._in_flight: asyncio.Queue[tuple[int | None, Shipment | None] | None] = asyncio.Queue(
-            max_in_flight
-        )
+        self.latency = StageLatency.of(ORIGIN_STAGES)
+        # (end offset, shipment, versioned at) per batch in stream order; None marks the end.
+        self._in_flight: asyncio.Queue[_InFlight | None] = asyncio.Queue(max_in_flight)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -96,6 +104,7 @@ class Outbound:
         if batch.gap is not None:
             await self.on_gap(batch.gap)
         shipment = None
+        versioned = 0.0
         if batch.keys:
             # The same batch is retried while Redis is unreachable: skipping it would lose
             # its writes (the stream moves on; its offset would be acknowledged).
@@ -108,15 +117,22 @@ class Outbound:
             self.stats.echoes += report.echoes
             self.stats.unsupported += len(report.unsupported)
             self.stats.changes += len(report.changes)
+            versioned = time.monotonic()
+            self.latency.observe(
+                "captured_to_versioned", versioned - batch.created_at, len(report.changes)
+            )
         self.stats.batches += 1
         self.stats.commands += batch.commands
-        await self._in_flight.put((batch.end_offset, shipment))
+        await self._in_flight.put(_InFlight(batch.end_offset, shipment, versioned))
 
     async def _ack(self) -> None:
         while (item := await self._in_flight.get()) is not None:
-            offset, shipment = item
+            offset, shipment = item.offset, item.shipment
             if shipment is not None:
                 await shipment.wait()
+                self.latency.observe(
+                    "versioned_to_acked", time.monotonic() - item.versioned_at, shipment.events
+                )
             if offset is not None:
                 await self.source.ack(offset)
                 self.stats.acked_offset = offset

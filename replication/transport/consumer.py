@@ -8,6 +8,7 @@ claims to come from another region than its topic's, is a dead letter.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class Incoming:
     partition: int
     offset: int
     batch: EventBatch
+    produced_ms: int = 0  # the record's timestamp: when the origin's producer queued it
+    consumed_at: float = 0.0  # time.monotonic() when poll() handed it out
 
 
 class ChangeConsumer:
@@ -90,6 +93,7 @@ class ChangeConsumer:
     async def poll(self, *, timeout_ms: int = 200, max_records: int = 500) -> list[Incoming]:
         """Fetch and decode what is available; dead-letters what does not decode."""
         fetched = await self.kafka.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        consumed_at = time.monotonic()
         incoming: list[Incoming] = []
         for tp, records in fetched.items():
             if records:
@@ -117,7 +121,16 @@ class ChangeConsumer:
                     )
                     continue
                 self.events += len(batch.events)
-                incoming.append(Incoming(tp.topic, tp.partition, record.offset, batch))
+                incoming.append(
+                    Incoming(
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        batch,
+                        produced_ms=record.timestamp or 0,
+                        consumed_at=consumed_at,
+                    )
+                )
         return incoming
 
     def _for_us(self, headers: Sequence[tuple[str, bytes]]) -> bool:
