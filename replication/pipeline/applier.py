@@ -20,16 +20,18 @@ from replication.model.hlc import HybridClock
 from replication.model.metadata import decode_meta
 from replication.redis.connections import LibraryConnections
 from replication.redis.library import (
-    apply_command,
+    ApplyResult,
+    apply_many_command,
     ensure_library,
     is_missing_function,
-    parse_apply_reply,
+    parse_apply_many_reply,
 )
 from replication.redis.resp import RedisAddress, RedisCommandError
 
 log = logging.getLogger(__name__)
 
 PIPELINE_EVENTS = 256
+EVENTS_PER_CALL = 32  # events per rr_apply_many call (see versioner.KEYS_PER_CALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,51 +115,81 @@ class Applier:
         self, db: int, events: list[ChangeEvent], source: str, report: ApplyReport
     ) -> None:
         conn = await self._conns.get(db)
-        commands = [apply_command(e, self.region, self.retired_csv) for e in events]
+        groups = [events[i : i + EVENTS_PER_CALL] for i in range(0, len(events), EVENTS_PER_CALL)]
+        commands = [apply_many_command(g, self.region, self.retired_csv) for g in groups]
         replies = await conn.pipeline(commands)
         if any(is_missing_function(r) for r in replies):
             await ensure_library(conn)
             replies = await conn.pipeline(commands)
         now = time.time_ns() // 1_000_000
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, hiredis.ReplyError):
+                if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
+                    # Refused as a whole (OOM is checked before a script runs; the writes
+                    # delete first, so a WRONGTYPE cannot stop one halfway): apply the group
+                    # one event per call to tell the refused events apart.
+                    await self._apply_one_by_one(db, group, source, report, now)
+                    continue
+                raise RedisCommandError(f"applying events in db {db} failed: {reply}", reply)
+            for event, result in zip(group, parse_apply_many_reply(reply, len(group)), strict=True):
+                self._account(event, result, source, now, report)
+
+    async def _apply_one_by_one(
+        self, db: int, events: list[ChangeEvent], source: str, report: ApplyReport, now: int
+    ) -> None:
+        conn = await self._conns.get(db)
+        replies = await conn.pipeline(
+            [apply_many_command([e], self.region, self.retired_csv) for e in events]
+        )
         for event, reply in zip(events, replies, strict=True):
             if isinstance(reply, hiredis.ReplyError):
                 if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
                     report.rejected.append((event, f"redis refused the write: {reply}"))
                     continue
                 raise RedisCommandError(f"applying an event in db {db} failed: {reply}", reply)
-            result = parse_apply_reply(reply)
-            outcome = result.outcome
-            if outcome == "stale":
-                report.stale += 1
-                continue
-            if outcome == "deferred":
-                report.deferred.append(event)
-                continue
-            if outcome == "bad-digest":
-                report.rejected.append((event, "digest does not match the value"))
-                continue
-            if outcome == "unsupported-local":
-                report.rejected.append(
-                    (
-                        event,
-                        "the key holds a type that is not replicated here (a stream or a "
-                        "module type); the remote write was not applied",
-                    )
+            (result,) = parse_apply_many_reply(reply, 1)
+            self._account(event, result, source, now, report)
+
+    def _account(
+        self,
+        event: ChangeEvent,
+        result: ApplyResult,
+        source: str,
+        now: int,
+        report: ApplyReport,
+    ) -> None:
+        outcome = result.outcome
+        if outcome == "stale":
+            report.stale += 1
+            return
+        if outcome == "deferred":
+            report.deferred.append(event)
+            return
+        if outcome == "bad-digest":
+            report.rejected.append((event, "digest does not match the value"))
+            return
+        if outcome == "unsupported-local":
+            report.rejected.append(
+                (
+                    event,
+                    "the key holds a type that is not replicated here (a stream or a "
+                    "module type); the remote write was not applied",
                 )
-                continue
-            if outcome in ("conflict-remote-won", "conflict-local-won"):
-                if outcome == "conflict-remote-won":
-                    report.remote_won += 1
-                else:
-                    report.local_won += 1
-                self._record_conflict(event, result.old_meta, source, now, report)
-                if outcome == "conflict-local-won":
-                    continue
+            )
+            return
+        if outcome in ("conflict-remote-won", "conflict-local-won"):
+            if outcome == "conflict-remote-won":
+                report.remote_won += 1
             else:
-                report.applied += 1
-            new = b"" if event.deleted else event.digest
-            if new != result.old_digest:
-                report.digest_changes.append(DigestChange(db, event.key, result.old_digest, new))
+                report.local_won += 1
+            self._record_conflict(event, result.old_meta, source, now, report)
+            if outcome == "conflict-local-won":
+                return
+        else:
+            report.applied += 1
+        new = b"" if event.deleted else event.digest
+        if new != result.old_digest:
+            report.digest_changes.append(DigestChange(event.db, event.key, result.old_digest, new))
 
     def _record_conflict(
         self, event: ChangeEvent, old_meta: bytes, source: str, now: int, report: ApplyReport

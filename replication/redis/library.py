@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -19,6 +20,7 @@ import msgpack
 from replication.model.digest import format_score
 from replication.model.event import ChangeEvent
 from replication.model.keys import meta_key
+from replication.model.metadata import decode_meta
 from replication.model.slots import key_slot
 from replication.model.value import Kind, Value
 from replication.model.vclock import VectorClock
@@ -97,6 +99,38 @@ def apply_command(event: ChangeEvent, local_region: str, retired: str = "") -> C
     )
 
 
+def version_many_command(
+    keys: Sequence[bytes], region: str, tick: int, *, replay: bool = False
+) -> Command:
+    """FCALL rr_version_many for several keys (one script call, replies in one array)."""
+    args: list[bytes] = []
+    for key in keys:
+        args += [key, meta_key_for(key)]
+    return ("FCALL", "rr_version_many", len(args), *args, region, tick, b"1" if replay else b"0")
+
+
+def apply_many_command(
+    events: Sequence[ChangeEvent], local_region: str, retired: str = ""
+) -> Command:
+    """FCALL rr_apply_many for several events of one db (one script call)."""
+    keys: list[bytes] = []
+    args: list[bytes | str | int] = [local_region, retired]
+    for event in events:
+        key = event.key
+        keys += [key, meta_key_for(key)]
+        values = _value_args(event)
+        args += [
+            event.kind.redis_name,
+            event.expire_at_ms,
+            event.digest,
+            event.origin,
+            msgpack.packb(event.clock.to_flat(), use_bin_type=True),
+            len(values),
+            *values,
+        ]
+    return ("FCALL", "rr_apply_many", len(keys), *keys, *args)
+
+
 def forget_command(key: bytes, raw_meta: bytes) -> Command:
     """FCALL rr_forget: drop a metadata entry if it is still `raw_meta` and the key is gone."""
     return ("FCALL", "rr_forget", 2, key, meta_key_for(key), raw_meta)
@@ -140,6 +174,9 @@ class VersionResult:
     unsupported_type: str = ""
 
 
+_NOTHING = VersionResult(VersionStatus.NOTHING)
+
+
 def parse_version_reply(reply: list[Any], db: int, key: bytes) -> VersionResult:
     """Turn an rr_version reply into a result (with the event to ship, if any)."""
     status = VersionStatus(reply[0])
@@ -162,6 +199,46 @@ def parse_version_reply(reply: list[Any], db: int, key: bytes) -> VersionResult:
     return VersionResult(status, event, old_digest)
 
 
+def parse_version_many_reply(
+    reply: list[Any], db: int, keys: Sequence[bytes]
+) -> list[VersionResult]:
+    """The per-key results of an rr_version_many reply, in the order of `keys`."""
+    results: list[VersionResult] = []
+    i = 0
+    for key in keys:
+        code = reply[i]
+        if code == 0:
+            results.append(_NOTHING)
+            i += 1
+            continue
+        if code == 3:
+            results.append(
+                VersionResult(VersionStatus.UNSUPPORTED, None, b"", reply[i + 1].decode())
+            )
+            i += 2
+            continue
+        kind_name, raw_value, meta_raw, old_digest = reply[i + 1 : i + 5]
+        i += 5
+        kind = _KIND_BY_NAME[kind_name]
+        meta = decode_meta(meta_raw)
+        if kind is Kind.STRING:
+            value: Value = raw_value
+        elif kind is Kind.NONE:
+            value = None
+        else:
+            value = parse_value(kind, raw_value)
+        event = ChangeEvent(
+            db, key, kind, value, meta.expire_at_ms, meta.clock, meta.origin, meta.digest
+        )
+        results.append(VersionResult(VersionStatus(code), event, old_digest))
+    if i != len(reply):
+        raise ValueError(f"rr_version_many replied {len(reply)} items, parsed {i}")
+    return results
+
+
+_KIND_BY_NAME = {kind.redis_name.encode(): kind for kind in Kind}
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     # applied | stale | conflict-remote-won | conflict-local-won | deferred | bad-digest |
@@ -174,6 +251,15 @@ class ApplyResult:
 def parse_apply_reply(reply: list[Any]) -> ApplyResult:
     outcome, old_digest, old_meta = reply
     return ApplyResult(outcome.decode(), old_digest, old_meta)
+
+
+def parse_apply_many_reply(reply: list[Any], count: int) -> list[ApplyResult]:
+    """The per-event results of an rr_apply_many reply (old_meta only for conflicts)."""
+    if len(reply) != 3 * count:
+        raise ValueError(f"rr_apply_many replied {len(reply)} items for {count} events")
+    return [
+        ApplyResult(reply[i].decode(), reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,11 +194,21 @@ local function call_chunked(cmd, key, items, pair_swap)
   end
 end
 
-local function write_state(key, kind, values, exp, now)
-  redis.call('DEL', key)
-  if kind == 'none' or (exp > 0 and exp <= now) then return end
-  if kind == 'string' then redis.call('SET', key, values[1])
-  elseif kind == 'hash' then call_chunked('HSET', key, values, false)
+-- Writes a remote state. `existed`: the key holds a value now (read_state said so), so a
+-- different kind must be deleted first; a string is replaced by SET alone (SET overwrites
+-- any type and its expiry), with the expiry in the same command.
+local function write_state(key, kind, values, exp, now, existed)
+  if kind == 'none' or (exp > 0 and exp <= now) then
+    if existed then redis.call('DEL', key) end
+    return
+  end
+  if kind == 'string' then
+    if exp > 0 then redis.call('SET', key, values[1], 'PXAT', exp)
+    else redis.call('SET', key, values[1]) end
+    return
+  end
+  if existed then redis.call('DEL', key) end
+  if kind == 'hash' then call_chunked('HSET', key, values, false)
   elseif kind == 'list' then call_chunked('RPUSH', key, values, false)
   elseif kind == 'set' then call_chunked('SADD', key, values, false)
   elseif kind == 'zset' then call_chunked('ZADD', key, values, true)
@@ -206,9 +216,78 @@ local function write_state(key, kind, values, exp, now)
   if exp > 0 then redis.call('PEXPIREAT', key, exp) end
 end
 
-local function state_reply(code, kind, value, exp, dig, clock_flat_t, origin, old_digest)
-  if kind == 'string' or kind == 'none' then value = { value or '' } end
-  return { code, kind, value, exp, dig, clock_flat_t, origin, old_digest }
+-- The digest of stored metadata, sliced from its bytes (cmsgpack writes a 16-byte string as
+-- fixstr 0xb0 right after the array header), or nil when it does not have that layout.
+-- Comparing the slice skips unpacking the record on the common path (a no-op or an echo).
+local function meta_digest(raw)
+  if raw and string.byte(raw, 2) == 0xb0 then return string.sub(raw, 3, 18) end
+  return nil
+end
+
+-- Versions one key (see rr_version). Appends its reply to `out`, flat:
+--   0                                   nothing to ship (an echo of an apply, a no-op, an expiry)
+--   1, kind, value, meta_raw, old_digest a new local version (meta_raw: what was stored)
+--   2, kind, value, meta_raw, old_digest in replay, a version of ours maybe not shipped yet
+--   3, kind                             a type we do not replicate
+-- value: a string (strings; '' for a delete) or a flat table (other kinds). meta_raw holds
+-- the digest, origin, expiry and clock of the version, in the stored layout.
+local function version_key(key, mkey, region, tick, replay, out)
+  local n = #out
+  local raw = redis.call('HGET', mkey, key)
+  local kind, value, exp = read_state(key)
+  if kind == 'none' then
+    if not raw then out[n + 1] = 0; return end
+    local meta = cmsgpack.unpack(raw)
+    local old = meta[4] == 0 and meta[1] or ''
+    if meta[4] == 1 then
+      if replay and meta[2] == region then
+        out[n + 1] = 2; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = raw
+        out[n + 5] = old
+        return
+      end
+      out[n + 1] = 0
+      return
+    end
+    if expired(meta, now_ms()) then out[n + 1] = 0; return end
+    local clock = clock_tick(clock_map(meta[5]), region, tick)
+    local packed = pack_meta(tombstone(), region, 0, 1, clock)
+    redis.call('HSET', mkey, key, packed)
+    out[n + 1] = 1; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = packed; out[n + 5] = old
+    return
+  end
+  local dig = digest(kind, value, exp)
+  if not dig then
+    -- A type we do not replicate (a stream, a module type). If the key was replicated
+    -- until now, for the other regions it is gone: ship that as a delete.
+    local meta = raw and cmsgpack.unpack(raw) or nil
+    if meta and meta[4] == 0 then
+      local clock = clock_tick(clock_map(meta[5]), region, tick)
+      local packed = pack_meta(tombstone(), region, 0, 1, clock)
+      redis.call('HSET', mkey, key, packed)
+      out[n + 1] = 1; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = packed
+      out[n + 5] = meta[1]
+      return
+    end
+    out[n + 1] = 3; out[n + 2] = kind
+    return
+  end
+  local stored = meta_digest(raw)
+  if stored == dig then
+    -- A live value's digest never equals the tombstone's, so the record is live.
+    if replay and cmsgpack.unpack(raw)[2] == region then
+      out[n + 1] = 2; out[n + 2] = kind; out[n + 3] = value; out[n + 4] = raw
+      out[n + 5] = dig
+      return
+    end
+    out[n + 1] = 0
+    return
+  end
+  local meta = raw and cmsgpack.unpack(raw) or nil
+  local old = (meta and meta[4] == 0) and meta[1] or ''
+  local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, tick)
+  local packed = pack_meta(dig, region, exp, 0, clock)
+  redis.call('HSET', mkey, key, packed)
+  out[n + 1] = 1; out[n + 2] = kind; out[n + 3] = value; out[n + 4] = packed; out[n + 5] = old
 end
 
 -- rr_version(KEYS: key, metahash; ARGV: region, tick, replay 0/1)
@@ -219,45 +298,73 @@ end
 --          {2, ...same} in replay, a version of ours that may not have been shipped yet;
 --          {3, kind} a type we do not replicate.
 local function rr_version(keys, args)
-  local key, mkey = keys[1], keys[2]
+  local out = {}
+  version_key(keys[1], keys[2], args[1], tonumber(args[2]), args[3] == '1', out)
+  local code = out[1]
+  if code == 0 or code == 3 then return out end
+  local meta = cmsgpack.unpack(out[4])
+  local value = out[3]
+  if type(value) ~= 'table' then value = { value } end
+  return { code, out[2], value, meta[3], meta[1], meta[5], meta[2], out[5] }
+end
+
+-- rr_version_many(KEYS: key1, metahash1, key2, metahash2, ...; ARGV: region, tick, replay)
+-- rr_version for many keys in one call (the per-call cost of a script is paid once), with
+-- the replies of every key one after the other in one flat array (see version_key).
+local function rr_version_many(keys, args)
+  local out = {}
   local region, tick, replay = args[1], tonumber(args[2]), args[3] == '1'
+  for i = 1, #keys, 2 do version_key(keys[i], keys[i + 1], region, tick, replay, out) end
+  return out
+end
+
+-- Applies one remote version (see rr_apply); returns outcome, old digest, old metadata
+-- (the raw record, or '' when there is none).
+local function apply_key(key, mkey, retired, kind, exp, dig, origin, rflat, values, now)
+  local expect
+  if kind == 'string' then expect = digest(kind, values[1] or '', exp)
+  else expect = digest(kind, values, exp) end
+  if expect ~= dig then return 'bad-digest', '', '' end
+
   local raw = redis.call('HGET', mkey, key)
   local meta = raw and cmsgpack.unpack(raw) or nil
-  local kind, value, exp = read_state(key)
   local old = (meta and meta[4] == 0) and meta[1] or ''
-  if kind == 'none' then
-    if not meta then return { 0 } end
-    if meta[4] == 1 then
-      if replay and meta[2] == region then
-        return state_reply(2, 'none', false, 0, tombstone(), meta[5], region, old)
-      end
-      return { 0 }
-    end
-    if expired(meta, now_ms()) then return { 0 } end
-    local clock = clock_tick(clock_map(meta[5]), region, tick)
-    redis.call('HSET', mkey, key, pack_meta(tombstone(), region, 0, 1, clock))
-    return state_reply(1, 'none', false, 0, tombstone(), clock_flat(clock), region, old)
+  local ck, cv, ce = read_state(key)
+  local existed = ck ~= 'none'
+  if existed then
+    local current = digest(ck, cv, ce)
+    -- The key holds a type we do not replicate: leave it alone (the applier reports it);
+    -- deferring would wait forever, versioning cannot make it consistent.
+    if not current then return 'unsupported-local', old, raw or '' end
+    if not meta or meta[4] == 1 then return 'deferred', old, raw or '' end
+    if current ~= meta[1] then return 'deferred', old, raw or '' end
+  elseif meta and meta[4] == 0 and not expired(meta, now) then
+    return 'deferred', old, raw or ''
   end
-  local dig = digest(kind, value, exp)
-  if not dig then
-    -- A type we do not replicate (a stream, a module type). If the key was replicated
-    -- until now, for the other regions it is gone: ship that as a delete.
-    if meta and meta[4] == 0 then
-      local clock = clock_tick(clock_map(meta[5]), region, tick)
-      redis.call('HSET', mkey, key, pack_meta(tombstone(), region, 0, 1, clock))
-      return state_reply(1, 'none', false, 0, tombstone(), clock_flat(clock), region, old)
+
+  local rclock = clock_map(rflat)
+  local lclock = meta and clock_map(meta[5]) or {}
+  local order = clock_compare(rclock, lclock, retired)
+  if order == 'before' or order == 'equal' then return 'stale', old, raw or '' end
+  local outcome, clock = 'applied', rclock
+  if order == 'concurrent' then
+    clock = clock_merge(rclock, lclock)
+    local lorigin = meta[2]
+    local lts, rts = lclock[lorigin] or 0, rclock[origin] or 0
+    local remote_wins
+    if rts ~= lts then remote_wins = rts > lts
+    elseif lorigin ~= origin then remote_wins = bytes_lt(lorigin, origin)
+    else remote_wins = bytes_lt(meta[1], dig) end
+    if not remote_wins then
+      redis.call('HSET', mkey, key, pack_meta(meta[1], meta[2], meta[3], meta[4], clock))
+      return 'conflict-local-won', old, raw
     end
-    return { 3, kind }
+    outcome = 'conflict-remote-won'
   end
-  if meta and meta[4] == 0 and meta[1] == dig then
-    if replay and meta[2] == region then
-      return state_reply(2, kind, value, exp, dig, meta[5], region, old)
-    end
-    return { 0 }
-  end
-  local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, tick)
-  redis.call('HSET', mkey, key, pack_meta(dig, region, exp, 0, clock))
-  return state_reply(1, kind, value, exp, dig, clock_flat(clock), region, old)
+  write_state(key, kind, values, exp, now, existed)
+  local deleted = kind == 'none' and 1 or 0
+  redis.call('HSET', mkey, key, pack_meta(dig, origin, exp, deleted, clock))
+  return outcome, old, raw or ''
 end
 
 -- rr_apply(KEYS: key, metahash; ARGV: local region, retired csv, kind, exp, digest, origin,
@@ -270,56 +377,41 @@ end
 --          conflict-remote-won, conflict-local-won, deferred, bad-digest,
 --          unsupported-local (the key holds a stream or module type here).
 local function rr_apply(keys, args)
-  local key, mkey = keys[1], keys[2]
-  local retired = parse_retired(args[2])
-  local kind, exp, dig, origin = args[3], tonumber(args[4]), args[5], args[6]
-  local rflat = cmsgpack.unpack(args[7])
   local values = {}
   for i = 8, #args do values[#values + 1] = args[i] end
-  local expect
-  if kind == 'string' then expect = digest(kind, values[1] or '', exp)
-  else expect = digest(kind, values, exp) end
-  if expect ~= dig then return { 'bad-digest', '', '' } end
+  local outcome, old, raw = apply_key(
+    keys[1], keys[2], parse_retired(args[2]), args[3], tonumber(args[4]), args[5], args[6],
+    cmsgpack.unpack(args[7]), values, now_ms())
+  return { outcome, old, raw }
+end
 
+-- rr_apply_many(KEYS: key1, metahash1, ...; ARGV: local region, retired csv, then per key:
+--               kind, exp, digest, origin, packed clock, number of values, value...)
+-- rr_apply for many events in one call. Reply: per event, one after the other, outcome and
+-- old digest, and the old metadata record only for conflicts ('' otherwise: nothing else
+-- needs it, and it is the largest part of the reply).
+local function rr_apply_many(keys, args)
+  local retired = parse_retired(args[2])
   local now = now_ms()
-  local raw = redis.call('HGET', mkey, key)
-  local meta = raw and cmsgpack.unpack(raw) or nil
-  local old = (meta and meta[4] == 0) and meta[1] or ''
-  if redis.call('EXISTS', key) == 1 then
-    local ck, cv, ce = read_state(key)
-    local current = digest(ck, cv, ce)
-    -- The key holds a type we do not replicate: leave it alone (the applier reports it);
-    -- deferring would wait forever, versioning cannot make it consistent.
-    if not current then return { 'unsupported-local', old, raw or '' } end
-    if not meta or meta[4] == 1 then return { 'deferred', old, raw or '' } end
-    if current ~= meta[1] then return { 'deferred', old, raw or '' } end
-  elseif meta and meta[4] == 0 and not expired(meta, now) then
-    return { 'deferred', old, raw or '' }
-  end
-
-  local rclock = clock_map(rflat)
-  local lclock = meta and clock_map(meta[5]) or {}
-  local order = clock_compare(rclock, lclock, retired)
-  if order == 'before' or order == 'equal' then return { 'stale', old, raw or '' } end
-  local outcome, clock = 'applied', rclock
-  if order == 'concurrent' then
-    clock = clock_merge(rclock, lclock)
-    local lorigin = meta[2]
-    local lts, rts = lclock[lorigin] or 0, rclock[origin] or 0
-    local remote_wins
-    if rts ~= lts then remote_wins = rts > lts
-    elseif lorigin ~= origin then remote_wins = bytes_lt(lorigin, origin)
-    else remote_wins = bytes_lt(meta[1], dig) end
-    if not remote_wins then
-      redis.call('HSET', mkey, key, pack_meta(meta[1], meta[2], meta[3], meta[4], clock))
-      return { 'conflict-local-won', old, raw }
+  local out = {}
+  local a = 3
+  for i = 1, #keys, 2 do
+    local nvalues = tonumber(args[a + 5])
+    local values = {}
+    for j = 1, nvalues do values[j] = args[a + 5 + j] end
+    local outcome, old, raw = apply_key(
+      keys[i], keys[i + 1], retired, args[a], tonumber(args[a + 1]), args[a + 2], args[a + 3],
+      cmsgpack.unpack(args[a + 4]), values, now)
+    local n = #out
+    out[n + 1] = outcome; out[n + 2] = old
+    if outcome == 'conflict-local-won' or outcome == 'conflict-remote-won' then
+      out[n + 3] = raw
+    else
+      out[n + 3] = ''
     end
-    outcome = 'conflict-remote-won'
+    a = a + 6 + nvalues
   end
-  write_state(key, kind, values, exp, now)
-  local deleted = kind == 'none' and 1 or 0
-  redis.call('HSET', mkey, key, pack_meta(dig, origin, exp, deleted, clock))
-  return { outcome, old, raw or '' }
+  return out
 end
 
 -- rr_read(KEYS: key1, metahash1, key2, metahash2, ...): for each key its current state,
@@ -360,6 +452,8 @@ end
 redis.register_function('rr_version', rr_version)
 redis.register_function('rr_forget', rr_forget)
 redis.register_function('rr_apply', rr_apply)
+redis.register_function('rr_version_many', rr_version_many)
+redis.register_function('rr_apply_many', rr_apply_many)
 redis.register_function{ function_name = 'rr_read', callback = rr_read, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'rr_digest', callback = rr_digest, flags = { 'no-writes' } }
 redis.register_function{
