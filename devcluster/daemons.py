@@ -116,6 +116,8 @@ class DaemonProcess:
         self.region = region
         self.config = config
         self.state_dir = config.parent / f"state-{region}"
+        self.env: dict[str, str] = {}
+        """Extra environment for the daemon (e.g. NOTIFY_SOCKET), set before start()."""
         self._process = ServerProcess(self.name, config.parent / f"{region}.log")
 
     @property
@@ -132,7 +134,7 @@ class DaemonProcess:
         admin.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "reconciler.cli", "run", "--config", str(self.config)]
         env_cwd = Path(__file__).resolve().parent.parent
-        self._process.spawn(argv, cwd=env_cwd)
+        self._process.spawn(argv, cwd=env_cwd, env=self.env or None)
         try:
             wait_until(lambda: self._healthy(admin), timeout_s=wait_s, what=f"{self.name} health")
         except TimeoutError as exc:

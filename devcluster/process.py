@@ -24,8 +24,15 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def spawn(self, argv: list[str], *, cwd: Path, detach: bool = False) -> None:
-        """Start argv with stdout/stderr appended to the log file."""
+    def spawn(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        detach: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start argv with stdout/stderr appended to the log file (`env`: extra variables)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -35,6 +42,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=detach,
+                env=None if env is None else {**os.environ, **env},
             )
 
     def stop(self, timeout_s: float = 10.0) -> None:

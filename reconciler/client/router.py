@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from reconciler.client.config import PolicyConfig
 from reconciler.client.health import APP_ERROR, FAILURE, OK, OutcomeWindow, WindowStats
+from reconciler.events import log_event
 from reconciler.status import RegionStatus
 from replication.backoff import Backoff
 
@@ -431,13 +432,14 @@ class Router:
 
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
-            log.warning(
-                "client %s region=%s from=%s to=%s reason=%s",
-                event.kind,
-                event.region,
-                event.from_region,
-                event.to_region,
-                event.reason,
+            log_event(
+                log,
+                f"client.{event.kind}",  # reconciler.events.CLIENT_*
+                logging.WARNING,
+                region=event.region,
+                from_=event.from_region,
+                to=event.to_region,
+                reason=event.reason,
             )
             for listener in self._listeners:
                 try:

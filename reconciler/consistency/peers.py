@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.consistency.control import ControlChannel, ControlMessage
+from reconciler.events import PEER_DOWN, PEER_RESTARTED, PEER_UP, log_event
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class PeerState:
     status: str = ""
     lag: dict[str, int] = field(default_factory=dict)  # its consumer lag per origin region
     capture_offset: int = 0
+    since_ms: int = 0  # when its status began (its clock)
+    last_repair_ms: int = 0  # its last completed repair (its clock), 0 none
+    deadletters: int = 0  # records it parked in the dead-letter topic since it started
     caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
     heartbeats: int = 0
     # Its watermark (see reconciler.consistency.settle); times are on its clock.
@@ -79,7 +83,7 @@ class Peers:
         if msg.type == BYE:
             if peer.alive:
                 peer.alive = False
-                log.info("peer down: peer=%s reason=stopped", msg.sender)
+                log_event(log, PEER_DOWN, peer=msg.sender, reason="stopped")
                 self.on_peer_down(msg.sender, "stopped")
             return
         if msg.type != HEARTBEAT:
@@ -91,6 +95,10 @@ class Peers:
         peer.epoch = int(body.get("epoch", 0))
         peer.status = str(body.get("status", ""))
         peer.capture_offset = int(body.get("capture_offset", 0))
+        # Added later: an older peer's heartbeat lacks them.
+        peer.since_ms = int(body.get("since_ms", 0))
+        peer.last_repair_ms = int(body.get("last_repair_ms", 0))
+        peer.deadletters = int(body.get("deadletters", 0))
         lag = body.get("lag", {})
         peer.lag = {str(k): int(v) for k, v in lag.items()} if isinstance(lag, dict) else {}
         peer.at_ms = int(body.get("at_ms", 0))
@@ -105,10 +113,10 @@ class Peers:
         peer.alive = True
         if not was_alive:
             reason = "first heartbeat" if old_epoch == 0 else "heard again after missing heartbeats"
-            log.info("peer up: peer=%s reason=%s", msg.sender, reason)
+            log_event(log, PEER_UP, peer=msg.sender, reason=reason)
             self.on_peer_up(msg.sender, reason)
         elif old_epoch and peer.epoch != old_epoch:
-            log.info("peer restarted: peer=%s", msg.sender)
+            log_event(log, PEER_RESTARTED, peer=msg.sender, epoch=peer.epoch)
             self.on_peer_down(msg.sender, "restarted")
             self.on_peer_up(msg.sender, "peer daemon restarted")
 
@@ -120,7 +128,14 @@ class Peers:
             if peer.alive and now - peer.last_seen > self.timeout_s:
                 peer.alive = False
                 down.append(peer.region)
-                log.warning("peer down: peer=%s silent_s=%.1f", peer.region, now - peer.last_seen)
+                log_event(
+                    log,
+                    PEER_DOWN,
+                    logging.WARNING,
+                    peer=peer.region,
+                    reason="missed heartbeats",
+                    silent_s=round(now - peer.last_seen, 1),
+                )
                 self.on_peer_down(peer.region, "missed heartbeats")
         return down
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import functools
 import hmac
 import json
@@ -120,6 +121,20 @@ def admin_file(state_dir: Path, region: str) -> Path:
     return state_dir / f"admin-{region}.json"
 
 
+class AdminPortError(ReconcilerError):
+    """The admin endpoint's address cannot be bound (in use, or not on this host)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        if cause.errno == errno.EADDRINUSE:
+            why = "is already in use (another daemon on this host?)"
+        else:
+            why = f"cannot be bound ({cause.strerror or cause})"
+        super().__init__(
+            f"[admin] port = {port} on {host} {why}: give each region's daemon on a host its "
+            "own [admin] port (0 picks a free one)"
+        )
+
+
 class AdminServer:
     def __init__(self, daemon: Daemon, host: str, port: int, token: Secret | None = None) -> None:
         self.daemon = daemon
@@ -141,21 +156,36 @@ class AdminServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+    def bind(self) -> ThreadingHTTPServer:
+        """Take the configured address now (before the daemon connects to anything), so a
+        port in use stops the daemon at once with a message naming the setting."""
+        if self._server is not None:
+            return self._server
+        try:
+            server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        except OSError as exc:
+            raise AdminPortError(self.host, self.port, exc) from None
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
+        return server
+
+    def start(self) -> None:
+        """Serve requests (binding first if `bind` was not called) and record the address."""
+        self._loop = asyncio.get_running_loop()
+        server = self.bind()
         self._thread = threading.Thread(target=server.serve_forever, name="admin", daemon=True)
         self._thread.start()
         path = admin_file(self.daemon.state_dir, self.daemon.region)
         path.write_text(json.dumps({"host": self.host, "port": self.port}) + "\n")
 
     def stop(self) -> None:
+        """Stop serving and release the port; safe after a failed start and twice."""
         server, self._server = self._server, None
+        thread, self._thread = self._thread, None
         if server is not None:
-            server.shutdown()
+            if thread is not None:
+                server.shutdown()  # waits for serve_forever: only when it runs
             server.server_close()
         admin_file(self.daemon.state_dir, self.daemon.region).unlink(missing_ok=True)
 
@@ -191,8 +221,19 @@ class AdminServer:
             "last_repair_ms": d.state.last_repair_ms,
             "gaps": d.state.gaps,
             "pending_peers": sorted(d.state.pending_peers),
+            "deadletters": d.dead_letters.count,
+            "inbound_lag": d.state.inbound_lag,
             "peers": {
-                p.region: {"alive": p.alive, "status": p.status, "lag": p.lag}
+                p.region: {
+                    "alive": p.alive,
+                    "status": p.status,
+                    "lag": p.lag,
+                    "since_ms": p.since_ms,
+                    "last_repair_ms": p.last_repair_ms,
+                    "capture_offset": p.capture_offset,
+                    "deadletters": p.deadletters,
+                    "heard_ms": p.at_ms,
+                }
                 for p in d.peers.state.values()
             },
             "capture": vars(d.outbound.stats),

@@ -42,9 +42,20 @@ from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import RepairReport
 from reconciler.consistency.settle import CaptureWatermark, Settler
 from reconciler.consistency.tombstones import collect
+from reconciler.events import (
+    REGION_FAILED,
+    REGION_GAP,
+    REGION_READY,
+    REGION_STARTING,
+    REGION_STATUS,
+    REGION_STOPPED,
+    REGION_STOPPING,
+    log_event,
+)
 from reconciler.service.admin import AdminServer
 from reconciler.service.config import DaemonConfig
 from reconciler.service.metrics import DaemonCollector
+from reconciler.service.notify import ServiceNotifier, status_text
 from reconciler.status import RegionStatus, write_status
 from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
@@ -96,6 +107,7 @@ class DaemonState:
     gc_expired_removed: int = 0
     conflicts_won: int = 0
     conflicts_lost: int = 0
+    inbound_lag: dict[str, int] = field(default_factory=dict)  # ours on each peer's topic
 
 
 def now_ms() -> int:
@@ -178,6 +190,7 @@ class Daemon:
         )
         self.collector = DaemonCollector(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
+        self.notifier = ServiceNotifier(lambda: status_text(self))  # systemd, if under it
         self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
         self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
@@ -250,7 +263,7 @@ class Daemon:
 
     async def _on_gap(self, gap: Gap) -> None:
         self.state.gaps[gap.reason] = self.state.gaps.get(gap.reason, 0) + 1
-        log.warning("capture gap: reason=%s detail=%s", gap.reason, gap.detail)
+        log_event(log, REGION_GAP, logging.WARNING, reason=gap.reason, detail=gap.detail)
         self._set_status(STATUS_RECOVERING)
         self._spawn(self._recover(f"capture gap: {gap.reason}"))
 
@@ -271,9 +284,10 @@ class Daemon:
     # ------------------------------------------------------------------ status, repair
     def _set_status(self, status: str) -> None:
         if status != self.state.status:
-            log.info("status: %s -> %s", self.state.status, status)
+            log_event(log, REGION_STATUS, from_=self.state.status, to=status)
             self.state.status = status
             self.state.since_ms = now_ms()
+            self.notifier.status_changed()
             self._spawn(self._write_status())
 
     def _update_status(self) -> None:
@@ -511,10 +525,14 @@ class Daemon:
         with contextlib.suppress(Exception):
             applied = await self.consumer.applied_offsets()
             lag = await self.consumer.lag(applied)
+            self.state.inbound_lag = lag
         return {
             "epoch": self.state.started_ms,
             "status": self.state.status,
             "capture_offset": self._capture_acked() or 0,
+            "since_ms": self.state.since_ms,
+            "last_repair_ms": self.state.last_repair_ms,
+            "deadletters": self.dead_letters.count,
             "lag": lag,
             "at_ms": at_ms,
             "shipped_through_ms": shipped_through,
@@ -539,7 +557,8 @@ class Daemon:
         """Graceful stop (SIGTERM). A second request forces it."""
         self._signals += 1
         if self._signals == 1:
-            log.info("stopping: finishing in-flight work")
+            log_event(log, REGION_STOPPING, reason="stop signal")
+            self.notifier.stopping("stopping: finishing in-flight work")
             self._stopping.set()
             self.outbound.stop()
             self.inbound.stop()
@@ -554,30 +573,34 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_stop)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.notifier.start()  # the watchdog is fed from this loop from now on
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await self._start(stack)
                 await self._supervise()
         except ReconcilerError as exc:
-            log.error("daemon failed: %s", exc)  # noqa: TRY400 - the message is the point
+            log_event(log, REGION_FAILED, logging.ERROR, error=str(exc))
             return 1
         except ExceptionGroup as group:
             for failure in exception_leaves(group):
                 if isinstance(failure, ReconcilerError):
-                    log.error("daemon failed: %s", failure)  # noqa: TRY400
+                    log_event(log, REGION_FAILED, logging.ERROR, error=str(failure))
                 else:
                     log.exception("daemon failed", exc_info=failure)
             return 1
         else:
             return 0
         finally:
+            await self.notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     self._loop.remove_signal_handler(sig)
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
-        log.info("starting: region=%s peers=%s", self.region, ",".join(cfg.peers))
+        log_event(log, REGION_STARTING, region=self.region, peers=",".join(cfg.peers))
+        self.admin.bind()  # a port in use fails here, before anything is touched
+        stack.callback(self.admin.stop)
         backoff = Backoff(base_s=0.5, cap_s=10.0)
         while True:
             try:
@@ -598,13 +621,12 @@ class Daemon:
         await self.source.start()
         stack.push_async_callback(self.source.stop)
         self.admin.start()
-        stack.callback(self.admin.stop)
         self.control.on("hb", self.peers.handle)
         self.control.on("ae.", self.antientropy.handle)
         if cfg.antientropy.on_start:
             # Sessions start as each peer's first heartbeat arrives.
             self.state.pending_peers = set(cfg.peers)
-        log.info("running: admin=http://%s:%d", self.admin.host, self.admin.port)
+        log.info("admin endpoint: http://%s:%d", self.admin.host, self.admin.port)
 
     async def _supervise(self) -> None:
         cfg = self.config
@@ -622,6 +644,9 @@ class Daemon:
                 group.create_task(self._every(cfg.status.refresh_s, self._status_tick)),
                 group.create_task(self._every(cfg.tombstones.gc_interval_s, self._gc_tick)),
             ]
+            # Capture, consumers and the admin endpoint run (started above, tasks created).
+            log_event(log, REGION_READY, admin=f"http://{self.admin.host}:{self.admin.port}")
+            self.notifier.ready()
             await self._stopping.wait()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -635,7 +660,7 @@ class Daemon:
                 task.cancel()
         self._group = None
         self._save_clock_floor()
-        log.info("stopped")
+        log_event(log, REGION_STOPPED)
 
     async def _close_conns(self) -> None:
         await self._conns.close()

@@ -13,13 +13,20 @@ import time
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        event = getattr(record, "event", None)
+        if isinstance(event, str):
+            # reconciler.events.log_event: the event and its fields as keys of their own.
+            entry["event"] = event
+            fields = getattr(record, "event_fields", {})
+            for name, value in fields.items() if isinstance(fields, dict) else ():
+                entry.setdefault(name, value if isinstance(value, int | float) else str(value))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
