@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the project needs, idempotently, with no terminal:
-#   - Debian packages: redis-server, a JDK and Maven (only when missing)
+#   - Debian packages: redis-server, a JDK, Maven and Prometheus (only when missing)
 #   - a project virtualenv (.venv) with the package and its test/dev extras
 #   - the Kafka broker's jars from Maven Central, cached per Kafka version
 # Every step is skipped when its result is already there, so a second run takes a second.
@@ -31,6 +31,10 @@ apt_install() {
 command -v redis-server >/dev/null 2>&1 || { say "installing redis-server"; apt_install redis-server; }
 command -v java >/dev/null 2>&1 || { say "installing a JDK"; apt_install openjdk-17-jdk-headless; }
 command -v mvn >/dev/null 2>&1 || { say "installing maven"; apt_install maven; }
+# Prometheus and promtool: the alert rules' unit tests and the scrape integration test.
+# (The package also installs a system service; the tests start their own server on a free
+# loopback port and never use it.)
+command -v promtool >/dev/null 2>&1 || { say "installing prometheus"; apt_install prometheus; }
 
 # --- python virtualenv --------------------------------------------------------
 pick_python() {

@@ -64,6 +64,7 @@ class Regions:
         overrides: dict[str, Any] | None = None,
         redis_config: dict[str, str] | None = None,
         daemon_user: str | None = None,
+        region_overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.base = base
         self.kafka = kafka
@@ -86,7 +87,7 @@ class Regions:
                 url,
                 kafka.bootstrap,
                 topic_prefix=self.prefix,
-                overrides=overrides,
+                overrides=_merged(overrides or {}, (region_overrides or {}).get(name, {})),
             )
             daemon = DaemonProcess(name, config)
             track(daemon)
@@ -124,6 +125,17 @@ class Regions:
 
     def topic(self, region: str) -> str:
         return f"{self.prefix}.changes.{region}"
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the tables of `extra` merged in (one level: [admin] port, ...)."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
 
 
 @contextmanager

@@ -138,6 +138,12 @@ def _transitions(cid: str, snap: RouterSnapshot) -> Iterator[Any]:
         labels=["client_id"],
     )
     failbacks.add_metric([cid], snap.failbacks)
+    away = GaugeMetricFamily(
+        "reconciler_client_away_from_home",
+        "1 while the active region is not the home region (failed over), else 0.",
+        labels=["client_id", "home"],
+    )
+    away.add_metric([cid, snap.home], 0.0 if snap.active == snap.home else 1.0)
     events = CounterMetricFamily(
         "reconciler_client_events",
         "Failover, failback, region_down and region_up events, by the region concerned.",
@@ -147,6 +153,7 @@ def _transitions(cid: str, snap: RouterSnapshot) -> Iterator[Any]:
         events.add_metric([cid, kind, region], count)
     yield failovers
     yield failbacks
+    yield away
     yield events
 
 

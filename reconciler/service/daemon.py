@@ -108,6 +108,7 @@ class DaemonState:
     conflicts_won: int = 0
     conflicts_lost: int = 0
     inbound_lag: dict[str, int] = field(default_factory=dict)  # ours on each peer's topic
+    status_written_ms: int = 0  # last successful write of the status record, 0 never
 
 
 def now_ms() -> int:
@@ -483,6 +484,7 @@ class Daemon:
         try:
             client = await self._status_client_get()
             await write_status(client, status, int(self.config.status.ttl_s * 1000))
+            s.status_written_ms = now_ms()
         except (OSError, ReconcilerError, aioredis.RedisError) as exc:
             log.debug("status record not written: %s", exc)
 

@@ -159,3 +159,20 @@ class DaemonCollector(Collector):
         for state in STATUS_STATES:
             status.add_metric([region, state], 1.0 if d.state.status == state else 0.0)
         yield status
+        yield gauge(
+            "status_since_timestamp_seconds",
+            "When the current state began (wall clock)",
+            d.state.since_ms / 1000,
+        )
+        # Failover clients fail back only on a fresh record: one that stops being written
+        # (Redis refusing the write, an ACL without the function) keeps them away.
+        yield gauge(
+            "status_record_written_timestamp_seconds",
+            "Last successful write of the status record (wall clock; 0 never)",
+            d.state.status_written_ms / 1000,
+        )
+        yield gauge(
+            "last_repair_timestamp_seconds",
+            "Last completed repair session (wall clock; 0 never)",
+            d.state.last_repair_ms / 1000,
+        )
