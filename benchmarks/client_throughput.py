@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -42,7 +41,7 @@ from reconciler.client import (
     PolicyConfig,
     RegionConfig,
 )
-from reconciler.status import RegionStatus, write_status
+from tests.daemonstub import DaemonStub
 from tests.tcpproxy import Fault, TcpProxy
 
 KEYS = 1000
@@ -153,32 +152,6 @@ def throughput(
     return rows
 
 
-class StatusRefresher:
-    """Stands in for the home region's daemon: a fresh `consistent` record every 100 ms."""
-
-    def __init__(self, url: str, region: str) -> None:
-        self._url, self._region = url, region
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-
-    async def _main(self) -> None:
-        async with aioredis.Redis.from_url(self._url, socket_timeout=0.5) as client:
-            since = time.time_ns() // 1_000_000
-            while not self._stop.is_set():
-                with contextlib.suppress(redis.RedisError, OSError):
-                    status = RegionStatus.now("consistent", self._region, since_ms=since)
-                    await write_status(client, status, ttl_ms=1000)
-                await asyncio.sleep(0.1)
-
-    def __enter__(self) -> StatusRefresher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def wait(predicate: Callable[[], bool], timeout_s: float) -> float:
     start = time.perf_counter()
     while not predicate():
@@ -200,7 +173,9 @@ def failover_times(home: RedisServer, other: RedisServer, cycles: int) -> dict[s
         "failback_healthy_s": 1.0,
     }
     failovers, failbacks = [], []
-    with TcpProxy(home.port) as proxy, StatusRefresher(home.url, "home"):
+    # Stands in for the home region's daemon: a fresh `consistent` record every 100 ms.
+    with TcpProxy(home.port) as proxy, DaemonStub(home.url, "home") as daemon:
+        daemon.set("consistent")
         cfg = config(proxy.url, other.url, **policy)
         with FailoverClient(cfg) as client:
             stop = threading.Event()

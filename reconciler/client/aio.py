@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands import AsyncCoreCommands, AsyncRedisModuleCommands, AsyncSentinelCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reconciler.client.config import ClientConfig, load_client_config
@@ -39,8 +39,15 @@ from reconciler.client.health import (
     failure_code,
 )
 from reconciler.client.metrics import ClientMetrics
+from reconciler.client.probing import (
+    PROBE_COMMANDS,
+    Access,
+    ProbeOutcome,
+    admit,
+    outcome_of_error,
+    outcome_of_replies,
+)
 from reconciler.client.router import Router
-from reconciler.status import RegionStatus, StatusRecordError, read_status
 
 __all__ = ["AsyncFailoverClient", "AsyncFailoverPipeline"]
 
@@ -110,6 +117,14 @@ class _Region:
         finally:
             await pipe.reset()
 
+    async def probe_replies(self) -> list[Any]:
+        """The replies to PROBE_COMMANDS, read in one MULTI on the probe connection."""
+        async with self.probe.pipeline(transaction=True) as pipe:
+            for args in PROBE_COMMANDS:
+                pipe.execute_command(*args)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
     async def aclose(self) -> None:
         await self.redis.aclose()
         await self.probe.aclose()
@@ -144,8 +159,11 @@ class AsyncFailoverClient(  # type: ignore[misc]
         self._router = Router([region.name for region in config.regions], policy)
         self._retry = RetryPolicy(policy.retry_commands)
         self._regions: list[_Region] = []
+        self._access = Access()
+        app_hook = redis_kwargs.pop("redis_connect_func", None)
         for index, region in enumerate(config.regions):
             kwargs = region_kwargs(region, policy, self.instance_id, redis_kwargs)
+            kwargs["redis_connect_func"] = self._connect_hook(index, region.name, app_hook)
             probe = region_kwargs(region, policy, self.instance_id, redis_kwargs, probe=True)
             self._regions.append(
                 _Region(
@@ -168,6 +186,29 @@ class AsyncFailoverClient(  # type: ignore[misc]
             from reconciler.client.stream import MetricsStreamer
 
             self._streamer = MetricsStreamer(config.kafka, self.instance_id, self._router)
+
+    def _connect_hook(
+        self, index: int, name: str, app_hook: Callable[[Any], Any] | None
+    ) -> Callable[[Any], Awaitable[None]]:
+        """redis-py's ``redis_connect_func``: its handshake (or the application's hook),
+        then the instance check, before the connection carries any command."""
+        router, access = self._router, self._access
+
+        async def on_connect(conn: Any) -> None:
+            if app_hook is None:
+                await conn.on_connect()
+            else:
+                done = app_hook(conn)
+                if inspect.isawaitable(done):
+                    await done
+            await conn.send_command("INFO", "server")
+            try:
+                info: object = await conn.read_response()
+            except ResponseError as exc:
+                info = exc
+            admit(router, index, name, info, access)
+
+        return on_connect
 
     @classmethod
     def from_config_file(cls, path: str | Path, **kwargs: Any) -> AsyncFailoverClient:
@@ -279,23 +320,15 @@ class AsyncFailoverClient(  # type: ignore[misc]
             wake.clear()
 
     async def _probe(self, region: _Region) -> None:
-        ok, status, detail = False, None, ""
+        outcome = ProbeOutcome(False, None, "probe interrupted")
         try:
-            status = await self._read(region)
-            ok = True
-        except StatusRecordError as exc:
-            ok, detail = True, f"unreadable status record: {exc}"
+            outcome = outcome_of_replies(await region.probe_replies())
         except (RedisError, OSError) as exc:
-            ok = not classify(exc, sent=True).is_failure
-            detail = f"{type(exc).__name__}: {exc}"
+            outcome = outcome_of_error(exc, region.name, self._access)
         finally:
-            self._router.probe_result(region.index, ok=ok, status=status, detail=detail)
-
-    async def _read(self, region: _Region) -> RegionStatus | None:
-        if self.config.policy.require_consistent_status:
-            return await read_status(region.probe)
-        await region.probe.ping()
-        return None
+            self._router.probe_result(
+                region.index, ok=outcome.ok, reading=outcome.reading, detail=outcome.detail
+            )
 
     # -- the command path -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ __all__ = [
     "ClientClosedError",
     "ClientError",
     "CommandOutcomeUnknownError",
+    "InstanceReplacedError",
     "NoHealthyRegionError",
 ]
 
@@ -63,3 +64,13 @@ class ClientClosedError(ClientError, RedisConnectionError):
 
     def __init__(self) -> None:
         super().__init__("the failover client is closed")
+
+
+class InstanceReplacedError(ClientError, RedisConnectionError):
+    """A new connection reached another Redis instance than the one whose data the client
+    trusts for that region (it restarted, or was replaced): refused before any command ran
+    on it, so a command that meets it goes to another region as never sent."""
+
+    def __init__(self, region: str, reason: str) -> None:
+        super().__init__(f"region {region}: {reason}; its data is not vouched for")
+        self.region = region

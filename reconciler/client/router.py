@@ -9,10 +9,20 @@ configured order, so failover and failback are the same rule applied after a cha
   the active region, traffic moves to the next healthy one.
 * **Failback**: a failed region becomes healthy again only after it has answered every
   probe for ``failback_healthy_s`` (any failed probe restarts that clock) **and**, with
-  ``require_consistent_status``, its daemon's status record says ``consistent`` in a
-  record written after the failure was noticed (``updated_ms`` moved on), so that a
-  record left over from before a crash never vouches for a region that lost data. The
-  home region coming back healthy takes the traffic back.
+  ``require_consistent_status``, the record its probe read vouches for the instance it
+  probed (:func:`reconciler.client.evidence.judge`: this region, this instance's
+  ``run_id``, an expiry, ``consistent``) and was written after the failure was noticed
+  (``updated_ms`` moved on), so that a record left over from before a crash, or from
+  another instance, never vouches for a region that lost data. The home region coming
+  back healthy takes the traffic back.
+* **The instance behind a region**: the router remembers the ``run_id`` of the Redis
+  instance whose data it trusts for each region (the first one seen, then the one the
+  failback gate verified). A new connection to another instance (:meth:`Router.connected`)
+  fails the region before any command runs on it: a Redis restarted empty in under a
+  second never trips the error rate. Healthy regions are checked every
+  ``probe_interval_s`` too: another instance, a left-over record, or a daemon saying its
+  instance is not vouched for moves traffic away (a missing record does not: a daemon
+  can be down while its Redis serves correct data).
 * **Hysteresis**: a region that fails again soon after recovering (within
   ``failback_healthy_s + window_s``) must stay healthy twice as long the next time, up to
   eight times, so an intermittent fault that lets some probes through cannot make traffic
@@ -38,6 +48,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from reconciler.client.config import PolicyConfig
+from reconciler.client.evidence import Finding, Reading, Verdict, judge
 from reconciler.client.health import APP_ERROR, FAILURE, OK, OutcomeWindow, WindowStats
 from reconciler.events import log_event
 from reconciler.status import RegionStatus
@@ -91,6 +102,10 @@ class RegionSnapshot:
     status_confirmed: bool
     probes_ok: int
     probes_failed: int
+    run_id: str | None = None
+    """The Redis instance whose data the client trusts for this region (None: not seen)."""
+    finding: Finding | None = None
+    """What the last probe or check found in its status record (None: none yet)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class _Region:
     __slots__ = (
         "backoff",
         "failed_at",
+        "finding",
         "flaps",
         "index",
         "name",
@@ -122,6 +138,7 @@ class _Region:
         "probes_failed",
         "probes_ok",
         "recovered_at",
+        "run_id",
         "state",
         "status",
         "status_baseline",
@@ -147,6 +164,8 @@ class _Region:
         self.status_confirmed = False
         self.probes_ok = 0
         self.probes_failed = 0
+        self.run_id: str | None = None
+        self.finding: Finding | None = None
 
 
 class Router:
@@ -235,17 +254,45 @@ class Router:
                 return region.index
         return None
 
+    def connected(self, index: int, run_id: str | None) -> str | None:
+        """A new connection to region `index` reached the instance `run_id` (None: unknown,
+        its ``INFO`` was refused). Returns None when commands may run on it, else the reason
+        they may not: it is another instance than the one whose data the client trusts, and
+        the region has been failed (its commands go elsewhere, as not sent)."""
+        if run_id is None:
+            return None
+        events: list[Event] = []
+        with self._lock:
+            region = self._regions[index]
+            known = region.run_id
+            if known is None:
+                region.run_id = run_id
+                return None
+            if run_id == known:
+                return None
+            reason = f"redis instance replaced: run_id {known[:12]} -> {run_id[:12]}"
+            if region.state is RegionState.HEALTHY:
+                self._mark_failed(region, self._clock(), reason, events)
+            elif self.active == index:
+                # Every region has failed and this one is the degraded choice: unverified
+                # data is all there is, as for any command sent here now.
+                return None
+        self._dispatch(events)
+        return reason
+
     # -- probing ----------------------------------------------------------------------
 
     def probes_due(self) -> tuple[list[int], float | None]:
-        """(failed regions to probe now, seconds until the next probe is due or None)."""
+        """(regions to probe now, seconds until the next probe is due or None).
+
+        Failed regions are probed for failback; healthy ones are checked every
+        ``probe_interval_s`` for another instance or a daemon's word against their data.
+        """
         with self._lock:
             now = self._clock()
             due: list[int] = []
             next_at: float | None = None
             for region in self._regions:
-                if region.state is not RegionState.FAILED:
-                    continue
                 if region.next_probe_at <= now:
                     due.append(region.index)
                     # Not probed again before this probe reports (or a generous timeout).
@@ -255,34 +302,107 @@ class Router:
             return due, (None if next_at is None else max(0.0, next_at - now))
 
     def probe_result(
-        self, index: int, *, ok: bool, status: RegionStatus | None, detail: str = ""
+        self, index: int, *, ok: bool, reading: Reading | None = None, detail: str = ""
     ) -> None:
-        """Report a probe of region `index`: it answered (`ok`) and its status record."""
+        """Report a probe of region `index`: it answered (`ok`), and what it read (None:
+        the region answered but the record could not be read, e.g. ``NOPERM``)."""
         events: list[Event] = []
         with self._lock:
             now = self._clock()
             region = self._regions[index]
-            if region.state is not RegionState.FAILED:
-                return
-            policy = self.policy
-            if ok:
-                region.probes_ok += 1
-                if region.ok_since is None:
-                    region.ok_since = now
-                region.backoff.reset()
-                region.next_probe_at = now + policy.probe_interval_s
-                self._track_status(region, status)
-                if self._recovered(region, now):
-                    self._mark_healthy(region, now, events)
+            if region.state is RegionState.HEALTHY:
+                self._checked(region, now, reading, events, ok=ok, detail=detail)
             else:
-                region.probes_failed += 1
-                region.ok_since = None
-                region.status_confirmed = False
-                region.next_probe_at = now + policy.probe_interval_s + region.backoff.next_delay()
-                log.debug("probe failed region=%s detail=%s", region.name, detail)
-            if all(r.state is RegionState.FAILED for r in self._regions):
-                self._reselect("every region has failed; degraded choice", events)
+                self._probed(region, now, reading, events, ok=ok, detail=detail)
         self._dispatch(events)
+
+    def _probed(
+        self,
+        region: _Region,
+        now: float,
+        reading: Reading | None,
+        events: list[Event],
+        *,
+        ok: bool,
+        detail: str,
+    ) -> None:
+        """A probe of a failed region: may it take traffic again?"""
+        policy = self.policy
+        if ok:
+            region.probes_ok += 1
+            if region.ok_since is None:
+                region.ok_since = now
+            region.backoff.reset()
+            region.next_probe_at = now + policy.probe_interval_s
+            verdict = self._track_status(region, reading)
+            if self._recovered(region, now):
+                # The instance the gate just verified is the one whose data is trusted.
+                region.run_id = None if reading is None else reading.run_id
+                self._mark_healthy(region, now, verdict, events)
+        else:
+            region.probes_failed += 1
+            region.ok_since = None
+            region.status_confirmed = False
+            region.next_probe_at = now + policy.probe_interval_s + region.backoff.next_delay()
+            log.debug("probe failed region=%s detail=%s", region.name, detail)
+        if all(r.state is RegionState.FAILED for r in self._regions):
+            self._reselect("every region has failed; degraded choice", events)
+
+    def _checked(
+        self,
+        region: _Region,
+        now: float,
+        reading: Reading | None,
+        events: list[Event],
+        *,
+        ok: bool,
+        detail: str,
+    ) -> None:
+        """A check of a healthy region: is there positive evidence against its data?
+
+        A check that fails says nothing the command path does not already count (the
+        error rate decides about an unreachable region); it only backs off.
+        """
+        policy = self.policy
+        if not ok:
+            region.next_probe_at = now + policy.probe_interval_s + region.backoff.next_delay()
+            log.debug("status check failed region=%s detail=%s", region.name, detail)
+            return
+        region.backoff.reset()
+        region.next_probe_at = now + policy.probe_interval_s
+        if reading is None:
+            return
+        region.status = reading.status
+        if reading.run_id is not None:
+            if region.run_id is None:
+                region.run_id = reading.run_id
+            elif reading.run_id != region.run_id:
+                reason = (
+                    f"redis instance replaced: run_id {region.run_id[:12]} -> {reading.run_id[:12]}"
+                )
+                self._mark_failed(region, now, reason, events)
+                return
+        if not policy.require_consistent_status:
+            return
+        verdict = judge(region.name, reading)
+        self._note(region, verdict)
+        if verdict.against_data:
+            self._mark_failed(region, now, f"status check: {verdict.reason}", events)
+
+    def _note(self, region: _Region, verdict: Verdict) -> None:
+        """Remember the finding; say it once when it changes (probes repeat every second)."""
+        if verdict.finding is region.finding:
+            return
+        region.finding = verdict.finding
+        quiet = (Finding.CONSISTENT, Finding.ABSENT, Finding.RECHECKING, Finding.NOT_CONSISTENT)
+        level = logging.INFO if verdict.finding in quiet else logging.WARNING
+        log.log(
+            level,
+            "status record region=%s finding=%s: %s",
+            region.name,
+            verdict.finding.value,
+            verdict.reason,
+        )
 
     # -- views ------------------------------------------------------------------------
 
@@ -310,6 +430,8 @@ class Router:
                     status_confirmed=r.status_confirmed,
                     probes_ok=r.probes_ok,
                     probes_failed=r.probes_failed,
+                    run_id=r.run_id,
+                    finding=r.finding,
                 )
                 for r in self._regions
             )
@@ -331,37 +453,33 @@ class Router:
     def _hold_s(self, region: _Region) -> float:
         return self.policy.failback_healthy_s * float(1 << min(region.flaps, _MAX_FLAPS))
 
-    def _track_status(self, region: _Region, status: RegionStatus | None) -> None:
+    def _track_status(self, region: _Region, reading: Reading | None) -> Verdict | None:
+        status = None if reading is None else reading.status
+        region.status = status
         if not self.policy.require_consistent_status:
-            region.status = status
-            return
-        if status is not None and status.region != region.name:
-            log.warning(
-                "status record names another region region=%s record_region=%s",
-                region.name,
-                status.region,
-            )
-            status = None
-        if status is None:
+            return None
+        if reading is None:
             region.status_confirmed = False
-            if region.status_baseline == _NO_BASELINE:
-                region.status_baseline = -1
-        elif region.status_baseline == _NO_BASELINE:
-            # The first record seen after the failure may predate it: it sets the bar.
-            region.status_baseline = status.updated_ms
-        elif not status.consistent:
+            return None
+        verdict = judge(region.name, reading)
+        self._note(region, verdict)
+        if region.status_baseline == _NO_BASELINE:
+            # The first record seen after the failure may predate it, trusted or not: it
+            # sets the bar that a vouching record's updated_ms must pass.
+            region.status_baseline = -1 if status is None else status.updated_ms
+            region.status_confirmed = False
+        elif not verdict.vouches or status is None:
             region.status_confirmed = False
         elif status.updated_ms > region.status_baseline:
             region.status_confirmed = True
-        region.status = status
+        return verdict
 
     def _recovered(self, region: _Region, now: float) -> bool:
         if region.ok_since is None or now - region.ok_since < self._hold_s(region):
             return False
         if not self.policy.require_consistent_status:
             return True
-        status = region.status
-        return region.status_confirmed and status is not None and status.consistent
+        return region.status_confirmed
 
     def _mark_failed(self, region: _Region, now: float, reason: str, events: list[Event]) -> None:
         window = self.policy.failback_healthy_s + self.policy.window_s
@@ -384,15 +502,17 @@ class Router:
         for wakeup in self._wakeups:
             wakeup()
 
-    def _mark_healthy(self, region: _Region, now: float, events: list[Event]) -> None:
+    def _mark_healthy(
+        self, region: _Region, now: float, verdict: Verdict | None, events: list[Event]
+    ) -> None:
         healthy_for = 0.0 if region.ok_since is None else now - region.ok_since
-        status = region.status
         reason = f"probes answered for {healthy_for:.1f}s" + (
-            f"; status {status.state} (updated_ms {status.updated_ms})" if status else ""
+            f"; {verdict.reason} on instance {(region.run_id or '?')[:12]}" if verdict else ""
         )
         region.state = RegionState.HEALTHY
         region.recovered_at = now
         region.ok_since = None
+        region.next_probe_at = now + self.policy.probe_interval_s
         region.window.reset(now)
         active = self.names[self.active]
         events.append(self._event("region_up", region.name, active, active, reason))

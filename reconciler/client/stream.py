@@ -86,6 +86,7 @@ def snapshot_message(client_id: str, snap: RouterSnapshot, at_ms: int) -> dict[s
                 "app_errors_total": region.stats.app_errors_total,
                 "probing_ok_s": region.probing_ok_s,
                 "status": None if region.status is None else region.status.state,
+                "finding": None if region.finding is None else region.finding.value,
             }
             for region in snap.regions
         ],

@@ -26,7 +26,7 @@ import redis
 from redis.client import PubSub
 from redis.commands import CoreCommands, RedisModuleCommands, SentinelCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reconciler.client.config import ClientConfig, load_client_config
@@ -44,8 +44,15 @@ from reconciler.client.health import (
     failure_code,
 )
 from reconciler.client.metrics import ClientMetrics
+from reconciler.client.probing import (
+    PROBE_COMMANDS,
+    Access,
+    ProbeOutcome,
+    admit,
+    outcome_of_error,
+    outcome_of_replies,
+)
 from reconciler.client.router import Router
-from reconciler.status import RegionStatus, StatusRecordError, read_status_sync
 
 __all__ = ["FailoverClient", "FailoverPipeline"]
 
@@ -121,6 +128,14 @@ class _Region:
         finally:
             pipe.reset()
 
+    def probe_replies(self) -> list[Any]:
+        """The replies to PROBE_COMMANDS, read in one MULTI on the probe connection."""
+        with self.probe.pipeline(transaction=True) as pipe:
+            for args in PROBE_COMMANDS:
+                pipe.execute_command(*args)
+            replies: list[Any] = pipe.execute()
+            return replies
+
     def close(self) -> None:
         self.redis.close()
         self.probe.close()
@@ -133,7 +148,7 @@ class _Prober(threading.Thread):
         super().__init__(name=f"rr-probe {client.instance_id}", daemon=True)
         self._router = client._router
         self._regions = client._regions
-        self._require_status = client.config.policy.require_consistent_status
+        self._access = client._access
         self._cond = threading.Condition()
         self._kicked = False
         self._stopping = False
@@ -169,26 +184,16 @@ class _Prober(threading.Thread):
                 self._kicked = False
 
     def _probe(self, region: _Region) -> None:
-        ok, status, detail = False, None, ""
+        outcome = ProbeOutcome(False, None, "probe interrupted")
         try:
-            status = self._read(region)
-            ok = True
-        except StatusRecordError as exc:
-            # It answered; a record it cannot vouch with is "not consistent".
-            ok, detail = True, f"unreadable status record: {exc}"
+            outcome = outcome_of_replies(region.probe_replies())
         except (RedisError, OSError) as exc:
-            # NOPERM on the status key still proves the region answers.
-            ok = not classify(exc, sent=True).is_failure
-            detail = f"{type(exc).__name__}: {exc}"
+            outcome = outcome_of_error(exc, region.name, self._access)
         finally:
             # Always report, or the region would wait for the router's in-flight timeout.
-            self._router.probe_result(region.index, ok=ok, status=status, detail=detail)
-
-    def _read(self, region: _Region) -> RegionStatus | None:
-        if self._require_status:
-            return read_status_sync(region.probe)
-        region.probe.ping()
-        return None
+            self._router.probe_result(
+                region.index, ok=outcome.ok, reading=outcome.reading, detail=outcome.detail
+            )
 
 
 class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
@@ -216,10 +221,13 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
         self._router = Router([region.name for region in config.regions], policy)
         self._retry = RetryPolicy(policy.retry_commands)
         self._regions: list[_Region] = []
+        self._access = Access()
         self._closed = False
         self._close_lock = threading.Lock()
+        app_hook = redis_kwargs.pop("redis_connect_func", None)
         for index, region in enumerate(config.regions):
             kwargs = region_kwargs(region, policy, self.instance_id, redis_kwargs)
+            kwargs["redis_connect_func"] = self._connect_hook(index, region.name, app_hook)
             probe = region_kwargs(region, policy, self.instance_id, redis_kwargs, probe=True)
             self._regions.append(
                 _Region(
@@ -239,6 +247,27 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
 
             self._stream = StreamThread(config.kafka, self.instance_id, self._router)
             self._stream.start()
+
+    def _connect_hook(
+        self, index: int, name: str, app_hook: Callable[[Any], None] | None
+    ) -> Callable[[Any], None]:
+        """redis-py's ``redis_connect_func``: its handshake (or the application's hook),
+        then the instance check, before the connection carries any command."""
+        router, access = self._router, self._access
+
+        def on_connect(conn: Any) -> None:
+            if app_hook is None:
+                conn.on_connect()
+            else:
+                app_hook(conn)
+            conn.send_command("INFO", "server")
+            try:
+                info: object = conn.read_response()
+            except ResponseError as exc:
+                info = exc
+            admit(router, index, name, info, access)
+
+        return on_connect
 
     @classmethod
     def from_config_file(cls, path: str | Path, **kwargs: Any) -> FailoverClient:

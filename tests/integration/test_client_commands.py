@@ -19,12 +19,12 @@ from reconciler.client import (
     FailoverClient,
     PolicyConfig,
 )
+from tests.daemonstub import DaemonStub
 from tests.integration.test_client_failover import (
     HOME,
     POLICY,
     SECOND,
     SLACK_S,
-    DaemonStub,
     config_for,
     total_across,
     wait_for,

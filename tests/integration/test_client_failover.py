@@ -3,13 +3,12 @@
 Each test drives one client instance from 8 threads (sync) or 8 tasks of a TaskGroup
 (asyncio) while real faults happen: ``kill -9`` of the home Redis, an empty restart, a TCP
 proxy that drops or loses requests. The test plays each region's daemon with
-:func:`reconciler.status.write_status`, as the real daemon will.
+:class:`tests.daemonstub.DaemonStub`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from devcluster import RedisServer
@@ -30,7 +28,7 @@ from reconciler.client import (
     PolicyConfig,
     RegionConfig,
 )
-from reconciler.status import RegionStatus, write_status
+from tests.daemonstub import DaemonStub
 from tests.tcpproxy import Fault, TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -101,58 +99,6 @@ def incrs_served(server: RedisServer) -> int:
     with redis.Redis.from_url(server.url, socket_timeout=2) as plain:
         values = plain.mget([f"w{n}:n" for n in range(THREADS)])
         return sum(int(v) for v in values if v is not None)
-
-
-class DaemonStub:
-    """Plays a region's daemon: keeps its status record fresh, as the real one will.
-
-    `state` None writes nothing (a daemon that is down); otherwise the record is rewritten
-    every `refresh_s` with a TTL of a few refreshes. Writes to a dead Redis are skipped.
-    """
-
-    def __init__(self, url: str, region: str, *, refresh_s: float = 0.1) -> None:
-        self.url = url
-        self.region = region
-        self.refresh_s = refresh_s
-        self._state: str | None = None
-        self._since_ms = 0
-        self._stop = threading.Event()
-        self._changed = threading.Event()
-        self.writes = 0
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-
-    def set(self, state: str | None) -> None:
-        if state != self._state:
-            self._since_ms = time.time_ns() // 1_000_000
-        self._state = state
-        self._changed.clear()
-        # Wait until the new state is written once (or the region is down).
-        if state is not None:
-            self._changed.wait(timeout=5)
-
-    def __enter__(self) -> DaemonStub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    async def _main(self) -> None:
-        client = aioredis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 120  # no test lasts this long; the loop stays bounded
-        try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                state = self._state
-                if state is not None:
-                    status = RegionStatus.now(state, self.region, since_ms=self._since_ms)
-                    with contextlib.suppress(RedisError, OSError):
-                        await write_status(client, status, ttl_ms=int(self.refresh_s * 5000))
-                        self.writes += 1
-                        self._changed.set()
-                await asyncio.sleep(self.refresh_s)
-        finally:
-            await client.aclose()
 
 
 @dataclass

@@ -19,6 +19,7 @@ from reconciler.client import (
     NoHealthyRegionError,
     PolicyConfig,
 )
+from tests.daemonstub import DaemonStub
 from tests.integration.test_client_failover import (
     HOME,
     POLICY,
@@ -26,7 +27,6 @@ from tests.integration.test_client_failover import (
     SLACK_S,
     THREADS,
     CountedIncrs,
-    DaemonStub,
     ThreadLoad,
     await_for,
     config_for,

@@ -1,0 +1,123 @@
+"""What the sync and asyncio shells send to check a region, and what the answers mean.
+
+Two checks, the same in both shells (which only do the I/O):
+
+* **The probe** (every ``probe_interval_s``, on each region's one-connection probe client):
+  :data:`PROBE_COMMANDS` in one ``MULTI``/``EXEC``, so the ``run_id`` and the record it is
+  compared with come from the same instance at the same instant. :func:`outcome_of_replies`
+  and :func:`outcome_of_error` turn the result into a :class:`ProbeOutcome` for
+  :meth:`Router.probe_result`.
+* **A new connection** (redis-py's ``redis_connect_func`` hook, after its own handshake):
+  ``INFO server`` on that connection; :func:`admit` asks the router whether the instance is
+  the one whose data the client trusts, and refuses the connection before any command runs
+  on it when it is not (:class:`InstanceReplacedError`: the command goes elsewhere as not
+  sent).
+
+The client's Redis user needs ``+info`` and read access to the two internal keys
+(``%R~__rr:*``). Without them the record cannot be tied to the instance: nothing fails back
+while ``require_consistent_status`` is on (safe), and a restarted instance is noticed only by
+the error rate. :class:`Access` says so once, naming what to grant.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
+
+from reconciler.client.errors import InstanceReplacedError
+from reconciler.client.evidence import Reading, reading_of
+from reconciler.client.health import classify
+from reconciler.client.router import Router
+from reconciler.status import parse_run_id
+from replication.model.keys import STATUS_KEY, VERIFIED_KEY
+
+__all__ = [
+    "GRANT",
+    "PROBE_COMMANDS",
+    "Access",
+    "ProbeOutcome",
+    "admit",
+    "outcome_of_error",
+    "outcome_of_replies",
+]
+
+log = logging.getLogger("reconciler.client")
+
+PROBE_COMMANDS: tuple[tuple[Any, ...], ...] = (
+    ("INFO", "server"),
+    ("HGETALL", STATUS_KEY),
+    ("PTTL", STATUS_KEY),
+    ("GET", VERIFIED_KEY),
+)
+"""Queued in one MULTI on the probe connection; :func:`outcome_of_replies` reads the replies."""
+
+GRANT = "+info %R~__rr:*"
+"""What the client's ACL user needs beyond its application's rights (``ACL SETUSER``)."""
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One probe: the region answered (`ok`), what it read, and why not (`detail`)."""
+
+    ok: bool
+    reading: Reading | None
+    detail: str = ""
+
+
+class Access:
+    """Remembers that the client's user was refused ``INFO`` or the status keys, and warns
+    once per client (probes and new connections repeat the refusal every second)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def denied(self, region: str, exc: BaseException) -> str:
+        """Note a refusal; returns the detail for the probe's outcome."""
+        detail = (
+            f"the client's Redis user may not check region {region}'s instance and status "
+            f"record ({exc}); grant it with ACL SETUSER <user> {GRANT}"
+        )
+        with self._lock:
+            first, self._warned = not self._warned, True
+        if first:
+            log.warning(
+                "%s. Until then the status record cannot be tied to the Redis instance: no "
+                "region fails back while require_consistent_status is on, and a restarted "
+                "instance is noticed only by its errors",
+                detail,
+            )
+        return detail
+
+
+def outcome_of_replies(replies: Sequence[Any]) -> ProbeOutcome:
+    """The outcome of a probe whose MULTI answered (replies of :data:`PROBE_COMMANDS`)."""
+    info, fields, pttl, marker = replies
+    return ProbeOutcome(True, reading_of(info, fields, pttl, marker))
+
+
+def outcome_of_error(exc: BaseException, region: str, access: Access) -> ProbeOutcome:
+    """The outcome of a probe that raised `exc`."""
+    if isinstance(exc, NoPermissionError):
+        # It answered: the region is up, but nothing it holds can vouch for it.
+        return ProbeOutcome(True, None, access.denied(region, exc))
+    # A refusal such as LOADING is the region failing; any other error reply still proves
+    # it answers.
+    ok = isinstance(exc, RedisError | OSError) and not classify(exc, sent=True).is_failure
+    return ProbeOutcome(ok, None, f"{type(exc).__name__}: {exc}")
+
+
+def admit(router: Router, index: int, region: str, info: object, access: Access) -> None:
+    """Let commands run on a new connection to region `index` whose ``INFO server`` answer
+    is `info` (an exception when it was refused), or raise :class:`InstanceReplacedError`."""
+    if isinstance(info, ResponseError):
+        access.denied(region, info)
+        return
+    refusal = router.connected(index, parse_run_id(info))
+    if refusal is not None:
+        raise InstanceReplacedError(region, refusal)
