@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from reconciler.commands.common import CommandError, add_config_argument, config_from, fail
-from reconciler.consistency.reports import list_reports, load_report
+from reconciler.consistency.reports import ReportError, load_report, printable, scan_reports
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +27,21 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     directory = config.reports_path
     if args.action == "list":
-        reports = list_reports(directory)
-        if not reports:
+        listing = scan_reports(directory)
+        for problem in listing.skipped:
+            print(f"warning: skipped {problem}", file=sys.stderr)
+        if not listing.reports:
             print(f"no reports in {directory}")
-        for r in reports:
+        for r in listing.reports:
             print(
-                f"{r.id}  {r.mode:<8} {r.result:<7} peer={r.peer:<12} "
-                f"differing={r.keys_differing:<7} trigger={r.trigger}"
+                f"{r.id}  {printable(r.mode):<8} {printable(r.result):<7} "
+                f"peer={printable(r.peer):<12} differing={r.keys_differing:<7} "
+                f"trigger={printable(r.trigger, 200)}"
             )
         return 0
     try:
         report = load_report(directory, args.id)
-    except FileNotFoundError as exc:
+    except ReportError as exc:
         return fail(str(exc))
     print(json.dumps(report.to_json(), indent=1) if args.json else report.to_markdown())
     return 0

@@ -37,7 +37,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -55,7 +54,7 @@ from reconciler.consistency.merkle import (
     live_digest,
 )
 from reconciler.consistency.repair import RepairShipper
-from reconciler.consistency.reports import KeyDecision, RepairReport
+from reconciler.consistency.reports import KeyDecision, RepairReport, ReportStore
 from reconciler.service.config import AntiEntropySection
 from replication.errors import DecodeError, ReconcilerError, first_cause
 from replication.model.event import Version
@@ -190,7 +189,7 @@ class AntiEntropy:
         conn: Callable[[int], Awaitable[RespConnection]],
         shipper: RepairShipper,
         settings: AntiEntropySection,
-        reports_dir: Path,
+        reports: ReportStore,
     ) -> None:
         self.region = region
         self.channel = channel
@@ -198,7 +197,7 @@ class AntiEntropy:
         self._conn = conn
         self.shipper = shipper
         self.settings = settings
-        self.reports_dir = reports_dir
+        self.reports = reports
         self._seq = itertools.count(1)
         # (session, seq) -> (peer, future of its reply)
         self._pending: dict[tuple[str, int], tuple[str, asyncio.Future[ControlMessage]]] = {}
@@ -454,7 +453,7 @@ class AntiEntropy:
             log.warning("anti-entropy session failed: peer=%s error=%s", peer, exc)
         report.durations_s["total"] = time.monotonic() - started
         self.bytes_exchanged += report.bytes_exchanged.get("total", 0)
-        report.write(self.reports_dir)
+        self.reports.save(report)  # a disk error is counted there, never fatal
         log.info(
             "anti-entropy session: peer=%s mode=%s trigger=%s result=%s keys_differing=%d "
             "bytes=%d seconds=%.2f report=%s",

@@ -39,7 +39,7 @@ from reconciler.consistency.control import ControlChannel
 from reconciler.consistency.merkle import MerkleIndex, rebuild
 from reconciler.consistency.peers import BYE, Peers, send_heartbeats
 from reconciler.consistency.repair import RepairShipper
-from reconciler.consistency.reports import RepairReport
+from reconciler.consistency.reports import ConflictJournal, RepairReport, ReportStore
 from reconciler.consistency.settle import CaptureWatermark, Settler
 from reconciler.consistency.tombstones import collect
 from reconciler.events import (
@@ -161,7 +161,11 @@ class Daemon:
             conn=self.conn,
             shipper=self.shipper,
             settings=config.antientropy,
-            reports_dir=config.reports_path,
+            reports=ReportStore(
+                config.reports_path,
+                max_reports=config.reports.max_reports,
+                max_bytes=config.reports.max_bytes,
+            ),
         )
         self.source: ChangeSource = self._make_source()
         self.watermark = CaptureWatermark()
@@ -192,6 +196,11 @@ class Daemon:
         self.collector = DaemonCollector(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self.notifier = ServiceNotifier(lambda: status_text(self))  # systemd, if under it
+        self.journal = ConflictJournal(
+            config.reports_path / f"conflicts-{self.region}.jsonl",
+            max_bytes=config.reports.journal_max_bytes,
+            files=config.reports.journal_files,
+        )
         self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
         self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
@@ -256,11 +265,7 @@ class Daemon:
             self._record_conflicts(report)
 
     def _record_conflicts(self, report: ApplyReport) -> None:
-        path = self.config.reports_path / f"conflicts-{self.region}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            for conflict in report.conflicts:
-                f.write(json.dumps(conflict.to_json()) + "\n")
+        self.journal.append(conflict.to_json() for conflict in report.conflicts)
 
     async def _on_gap(self, gap: Gap) -> None:
         self.state.gaps[gap.reason] = self.state.gaps.get(gap.reason, 0) + 1

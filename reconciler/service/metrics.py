@@ -139,6 +139,19 @@ class DaemonCollector(Collector):
             "conflicts_lost", "Conflicts won by the remote version", d.state.conflicts_lost
         )
 
+        disk = CounterMetricFamily(
+            P + "disk_errors",
+            "Writes to the reports directory that failed (logged, not fatal)",
+            labels=["region", "what"],
+        )
+        disk.add_metric([region, "report"], ae.reports.write_errors)
+        disk.add_metric([region, "journal"], d.journal.write_errors)
+        yield disk
+        yield counter(
+            "reports_pruned", "Old reports removed to stay within [reports]", ae.reports.pruned
+        )
+        yield counter("journal_rotations", "Conflicts journal rotations", d.journal.rotations)
+
         refused = CounterMetricFamily(
             P + "admin_refused",
             "Admin requests refused, by reason (token, unknown peer, busy)",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from devcluster.daemons import DaemonProcess, wait_for
+from tests.promtext import metric
 from tests.regions import Regions
 
 pytestmark = pytest.mark.integration
@@ -33,19 +34,6 @@ def call(
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
-    """One sample of the daemon's Prometheus metrics (0 when absent)."""
-    wanted = {"region": daemon.region, **labels}
-    for line in daemon.metrics().splitlines():
-        match = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
-        if not match or match[1] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match[2]))
-        if found == wanted:
-            return float(match[3])
-    return 0.0
 
 
 def reports(daemon: DaemonProcess) -> list[dict[str, Any]]:

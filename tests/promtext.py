@@ -1,0 +1,21 @@
+"""Reading one sample out of a daemon's Prometheus text exposition, for assertions."""
+
+from __future__ import annotations
+
+import re
+
+from devcluster.daemons import DaemonProcess
+
+_SAMPLE = re.compile(r"(\w+)\{(.*)\} (\S+)")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
+    """The sample of `name` with exactly these labels (and the daemon's region); 0 when
+    the daemon does not export it (yet)."""
+    wanted = {"region": daemon.region, **labels}
+    for line in daemon.metrics().splitlines():
+        match = _SAMPLE.fullmatch(line)
+        if match and match[1] == name and dict(_LABEL.findall(match[2])) == wanted:
+            return float(match[3])
+    return 0.0
