@@ -29,8 +29,9 @@ from replication.model.digest import DIGEST_BYTES, string_digest
 from replication.model.event import ChangeEvent
 from replication.model.value import Kind
 from replication.model.vclock import VectorClock
+from replication.redis.address import RedisAddress
 from replication.redis.library import apply_command, ensure_library
-from replication.redis.resp import RedisAddress, RespConnection
+from replication.redis.resp import RespConnection
 
 A, B = "eu-west", "us-east"
 VALUE_BYTES = 32

@@ -37,11 +37,11 @@ from replication.capture.batch import CaptureProtocolError
 from replication.capture.position import CapturePosition, PositionStore
 from replication.capture.stream import (
     PsyncReplyParser,
-    RedisEndpoint,
     ReplicationStreamSource,
     RespLink,
     pack,
 )
+from replication.redis.address import RedisAddress
 
 DEFAULT_TYPES = ("set", "hset", "lpush", "sadd")
 FEED_SIZES = (4 << 10, 16 << 10, 64 << 10)
@@ -74,7 +74,7 @@ def generate_load(
     return time.perf_counter() - start
 
 
-async def master_offset(endpoint: RedisEndpoint) -> int:
+async def master_offset(endpoint: RedisAddress) -> int:
     link = await RespLink.open(endpoint, high_water=1 << 20, timeout_s=10)
     try:
         link.write(pack("INFO", "replication"))
@@ -87,7 +87,7 @@ async def master_offset(endpoint: RedisEndpoint) -> int:
     raise RuntimeError("no master_repl_offset")
 
 
-async def fetch_stream(endpoint: RedisEndpoint, start: CapturePosition, end: int) -> bytes:
+async def fetch_stream(endpoint: RedisAddress, start: CapturePosition, end: int) -> bytes:
     """The raw stream bytes (start.offset, end], read with a bare PSYNC."""
     link = await RespLink.open(endpoint, high_water=64 << 20, timeout_s=10)
     try:
@@ -130,7 +130,7 @@ async def tail(
     """(commands, batches, keys, seconds) for the tailer to deliver (start.offset, end]."""
     store = PositionStore(state_dir / "bench.position.json")
     store.save(start, seq=0)
-    source = ReplicationStreamSource(url, position_store=store, name="bench")
+    source = ReplicationStreamSource(RedisAddress.from_url(url), position_store=store, name="bench")
     commands = batches = keys = 0
     began = time.perf_counter()
     async with asyncio.timeout(STEP_TIMEOUT_S):
@@ -153,7 +153,7 @@ async def tail(
 
 async def establish_position(url: str, state_dir: Path) -> CapturePosition:
     """Register once (creates the backlog) and return the position after the initial sync."""
-    source = ReplicationStreamSource(url, state_dir=state_dir, name="setup")
+    source = ReplicationStreamSource(RedisAddress.from_url(url), state_dir=state_dir, name="setup")
     async with asyncio.timeout(STEP_TIMEOUT_S), source:
         iterator = source.batches()
         gap = await anext(iterator)
@@ -182,7 +182,7 @@ async def run(requests: int, rounds: int) -> dict[str, float]:
         server = capture_bench_server("capture-bench", base)
         server.start()
         try:
-            endpoint = RedisEndpoint.from_url(server.url)
+            endpoint = server.address
             start = await establish_position(server.url, base / "setup")
             load_s = generate_load(server.port, requests)
             end = await master_offset(endpoint)

@@ -58,13 +58,14 @@ from benchmarks.capture_parse import (
 )
 from benchmarks.report import table, write_section
 from replication.capture.position import CapturePosition, PositionStore
-from replication.capture.stream import RedisEndpoint, ReplicationStreamSource
+from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import Versioner
 from replication.model.event import ChangeEvent
 from replication.model.hlc import HybridClock
 from replication.model.keys import INTERNAL_PREFIX
+from replication.redis.address import RedisAddress
 from replication.redis.library import meta_key_for, version_command
-from replication.redis.resp import RedisAddress, RedisCommandError, RespConnection
+from replication.redis.resp import RedisCommandError, RespConnection
 
 REGION = "bench"
 LUA_KEYS = 20_000  # string keys timed step by step inside Redis
@@ -197,7 +198,9 @@ async def capture_pipeline(
     await admin.execute("CONFIG", "RESETSTAT")
     store = PositionStore(state_dir / "pipeline.position.json")
     store.save(start, seq=0)
-    source = ReplicationStreamSource(url, position_store=store, name="pipeline")
+    source = ReplicationStreamSource(
+        RedisAddress.from_url(url), position_store=store, name="pipeline"
+    )
     versioner = Versioner(RedisAddress.from_url(url), REGION, HybridClock())
     queue: asyncio.Queue[ChangeEvent] = asyncio.Queue()
     received = 0
@@ -439,7 +442,7 @@ async def run(commands: int, keyspace: int, rounds: int) -> dict[str, Any]:
         admin: RespConnection | None = None
         try:
             admin = await RespConnection.open(RedisAddress.from_url(server.url))
-            endpoint = RedisEndpoint.from_url(server.url)
+            endpoint = server.address
             start = await establish_position(server.url, base / "setup")
             load_s = await load(admin, commands, keyspace)
             end = await master_offset(admin)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from devcluster.ports import LOOPBACK, free_port, wait_until
 from devcluster.process import ServerProcess
+from replication.redis.address import RedisAddress
 
 # Settings every local server gets. AOF (fsync every second) so that a kill -9 followed by
 # a restart "with its data" keeps what was written up to a second before.
@@ -57,6 +58,11 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def address(self) -> RedisAddress:
+        """The server's database 0, for the project's own connections and capture."""
+        return RedisAddress(LOOPBACK, self.port)
 
     @property
     def pid(self) -> int | None:

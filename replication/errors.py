@@ -23,18 +23,6 @@ class UnsupportedTypeError(ReconcilerError):
     """A Redis value of a type we do not replicate (streams, module types)."""
 
 
-class CaptureGapError(ReconcilerError):
-    """Changes may have been missed (full resync, lost stream): anti-entropy must run."""
-
-    retriable = True
-
-
-class ApplyError(ReconcilerError):
-    """An event could not be applied to the local Redis."""
-
-    retriable = True
-
-
 def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     """The exceptions of a (nested) group, groups flattened, in order."""
     out: list[BaseException] = []

@@ -9,6 +9,7 @@ Only `region`, `peers`, `[redis] url`, `[kafka] bootstrap_servers` are required.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from replication.model.keys import (
     deadletter_topic,
     is_valid_region_name,
 )
-from replication.redis.resp import RedisAddress
+from replication.redis.address import RedisAddress
 from replication.transport.settings import KafkaSettings
 
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -83,11 +84,16 @@ class RedisSection:
         if len(set(self.dbs)) != len(self.dbs):
             raise ConfigError(f"'dbs' = {list(self.dbs)}: a database is listed twice")
 
-    def address(self, db: int | None = None) -> RedisAddress:
-        base = RedisAddress.from_url(
+    @functools.cached_property
+    def _address(self) -> RedisAddress:
+        # Parsed once: every connection of the daemon (capture included) starts from it.
+        return RedisAddress.from_url(
             self.url, password=self.password.reveal() if self.password else None
         )
-        return base if db is None else base.for_db(db)
+
+    def address(self, db: int | None = None) -> RedisAddress:
+        """This region's Redis, with the password; the URL's database, or `db`."""
+        return self._address if db is None else self._address.for_db(db)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
@@ -215,18 +214,10 @@ class Daemon:
     # ------------------------------------------------------------------ construction
     def _make_source(self) -> ChangeSource:
         cfg = self.config.redis
-        address = cfg.address()
-        auth = ""
-        if address.password is not None:
-            user = quote(address.username or "", safe="")
-            auth = f"{user}:{quote(address.password, safe='')}@"
-        elif address.username:
-            auth = f"{quote(address.username, safe='')}@"
-        url = f"redis://{auth}{address.host}:{address.port}/0"
         if cfg.capture == "notifications":
-            return KeyspaceNotificationSource(url, dbs=cfg.dbs)
+            return KeyspaceNotificationSource(cfg.address(), dbs=cfg.dbs)
         return ReplicationStreamSource(
-            url,
+            cfg.address(),
             state_dir=self.state_dir,
             name=f"capture-{self.region}",
             dbs=cfg.dbs,

@@ -33,7 +33,7 @@ from replication.capture.batch import (
 from replication.capture.commands import KeyTable
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.position import CapturePosition, PositionStore
-from replication.capture.stream import RedisEndpoint, ReplicationStreamSource
+from replication.capture.stream import ReplicationStreamSource
 
 __all__ = [
     "GAP_FLUSH",
@@ -54,6 +54,5 @@ __all__ = [
     "NotificationsConfigError",
     "PositionStore",
     "PsyncRefusedError",
-    "RedisEndpoint",
     "ReplicationStreamSource",
 ]

@@ -60,7 +60,6 @@ from replication.capture.batch import (
 )
 from replication.capture.stream import (
     BatchChannel,
-    RedisEndpoint,
     RespLink,
     ServerError,
     pack,
@@ -68,6 +67,7 @@ from replication.capture.stream import (
 )
 from replication.errors import ReconcilerError
 from replication.model.keys import is_internal
+from replication.redis.address import RedisAddress
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class KeyspaceNotificationSource:
 
     def __init__(
         self,
-        url: str,
+        address: RedisAddress,
         *,
         name: str = "notifications",
         dbs: Iterable[int] = (0,),
@@ -128,7 +128,7 @@ class KeyspaceNotificationSource:
         healthy_session_s: float = 10.0,
         backoff: Backoff | None = None,
     ) -> None:
-        self.endpoint = RedisEndpoint.from_url(url)
+        self.address = address
         self.name = name
         self.dbs = frozenset(dbs)
         if not self.dbs:
@@ -150,7 +150,7 @@ class KeyspaceNotificationSource:
 
     def __repr__(self) -> str:
         return (
-            f"KeyspaceNotificationSource(name={self.name!r}, endpoint={self.endpoint!r}, "
+            f"KeyspaceNotificationSource(name={self.name!r}, address={self.address!r}, "
             f"dbs={sorted(self.dbs)}, state={self._state.value})"
         )
 
@@ -214,7 +214,7 @@ class KeyspaceNotificationSource:
                     log.warning(
                         "notifications connection lost source=%s endpoint=%s error=%s",
                         self.name,
-                        self.endpoint,
+                        self.address,
                         exc,
                     )
                     await self._gap(
@@ -245,16 +245,16 @@ class KeyspaceNotificationSource:
                 log.warning(
                     "notifications reconnect failed source=%s endpoint=%s after_s=%.2f error=%s",
                     self.name,
-                    self.endpoint,
+                    self.address,
                     delay,
                     exc,
                 )
 
     async def _open(self) -> RespLink:
         link = await RespLink.open(
-            self.endpoint, high_water=self.read_high_water_bytes, timeout_s=self.connect_timeout_s
+            self.address, high_water=self.read_high_water_bytes, timeout_s=self.connect_timeout_s
         )
-        auth = self.endpoint.auth_command()
+        auth = self.address.auth_command()
         if auth is not None:
             link.write(pack(*auth))
             try:
@@ -262,8 +262,8 @@ class KeyspaceNotificationSource:
             except ServerError as exc:
                 await link.close()
                 raise NotificationsConfigError(
-                    f"{self.endpoint} refused the capture credentials "
-                    f"(user {self.endpoint.username or 'default'!r}): {exc}"
+                    f"{self.address} refused the capture credentials "
+                    f"(user {self.address.username or 'default'!r}): {exc}"
                 ) from exc
             except BaseException:
                 await link.close()
@@ -288,7 +288,7 @@ class KeyspaceNotificationSource:
             await control.close()
             if pubsub is not None:
                 await pubsub.close()
-            raise CaptureConnectionError(f"{self.endpoint}: {exc}") from exc
+            raise CaptureConnectionError(f"{self.address}: {exc}") from exc
         except BaseException:
             await control.close()
             if pubsub is not None:
@@ -298,7 +298,7 @@ class KeyspaceNotificationSource:
         log.info(
             "notifications subscribed source=%s endpoint=%s dbs=%s",
             self.name,
-            self.endpoint,
+            self.address,
             sorted(self.dbs),
         )
         session = _Session(control, pubsub, counts)
@@ -306,7 +306,7 @@ class KeyspaceNotificationSource:
         await self._gap(
             GAP_NOTIFICATIONS_DISCONNECT,
             f"subscribed to keyspace notifications of db {sorted(self.dbs)} on "
-            f"{self.endpoint}; changes before this moment are unknown",
+            f"{self.address}; changes before this moment are unknown",
         )
         return session
 
@@ -325,7 +325,7 @@ class KeyspaceNotificationSource:
                 )
                 return
             raise NotificationsConfigError(
-                f"{self.endpoint} refused CONFIG GET {CONFIG_NAME} ({exc.message}): cannot "
+                f"{self.address} refused CONFIG GET {CONFIG_NAME} ({exc.message}): cannot "
                 f"verify that keyspace notifications are on. Set {CONFIG_NAME} to include "
                 "'EA' (e.g. 'KEA') on the server, then start with verify_config=False."
             ) from exc
@@ -351,7 +351,7 @@ class KeyspaceNotificationSource:
                 )
                 return
         raise NotificationsConfigError(
-            f"{self.endpoint} has {CONFIG_NAME}={current!r}, which lacks "
+            f"{self.address} has {CONFIG_NAME}={current!r}, which lacks "
             f"{''.join(sorted(missing))!r} ({refusal}). Set {CONFIG_NAME} to include 'EA' "
             "(e.g. 'KEA') on the server (redis.conf or the provider's parameter group)."
         )
@@ -363,7 +363,7 @@ class KeyspaceNotificationSource:
             info = await control.reply("INFO", self.read_timeout_s)
         except ServerError as exc:
             raise NotificationsConfigError(
-                f"{self.endpoint} refused INFO ({exc.message}): the notification source "
+                f"{self.address} refused INFO ({exc.message}): the notification source "
                 "needs INFO commandstats to notice FLUSHDB/FLUSHALL/SWAPDB"
             ) from exc
         if not isinstance(info, bytes):

@@ -66,7 +66,6 @@ from itertools import filterfalse
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 
@@ -97,6 +96,8 @@ from replication.capture.commands import (
 from replication.capture.position import CapturePosition, PositionStore
 from replication.errors import ReconcilerError
 from replication.model.keys import is_internal
+from replication.redis.address import RedisAddress
+from replication.redis.errors import error_code, is_retriable
 
 log = logging.getLogger(__name__)
 
@@ -105,52 +106,6 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------
 # Connection plumbing shared with the notifications source
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RedisEndpoint:
-    """Where and as whom to connect. The password never appears in repr or logs."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisEndpoint:
-        """Parse ``redis://[user[:password]@]host[:port][/db]`` (the db is ignored here)."""
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(
-                f"capture supports redis:// URLs only, got scheme {parts.scheme!r} "
-                "(TLS is not implemented for the replication link)"
-            )
-        if not parts.hostname:
-            raise ValueError("capture URL has no host")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or 6379,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-        )
-
-    def __repr__(self) -> str:
-        secret = "'********'" if self.password is not None else "None"
-        return (
-            f"RedisEndpoint(host={self.host!r}, port={self.port}, "
-            f"username={self.username!r}, password={secret})"
-        )
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def auth_command(self) -> tuple[bytes | str, ...] | None:
-        """The AUTH command for these credentials, or None."""
-        if self.password is None:
-            return None
-        if self.username:
-            return ("AUTH", self.username, self.password)
-        return ("AUTH", self.password)
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -169,11 +124,7 @@ class ServerError(Exception):
     @property
     def code(self) -> str:
         """The error code: ``ERR``, ``NOPERM``, ``LOADING``..."""
-        return self.message.split(" ", 1)[0]
-
-
-# Replies that mean "try again later", not "never".
-_RETRIABLE_CODES = frozenset({"LOADING", "NOMASTERLINK", "MASTERDOWN", "BUSY", "TRYAGAIN"})
+        return error_code(self.message)
 
 
 class RespLink(asyncio.Protocol):
@@ -199,16 +150,16 @@ class RespLink(asyncio.Protocol):
         """Parses request/response replies before the link turns into a stream."""
 
     @classmethod
-    async def open(cls, endpoint: RedisEndpoint, *, high_water: int, timeout_s: float) -> RespLink:
-        """Connect to `endpoint` (TCP keepalive on, so a dead peer is noticed)."""
+    async def open(cls, address: RedisAddress, *, high_water: int, timeout_s: float) -> RespLink:
+        """Connect to `address` (TCP keepalive on, so a dead peer is noticed)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
                 transport, link = await loop.create_connection(
-                    lambda: cls(high_water), endpoint.host, endpoint.port
+                    lambda: cls(high_water), address.host, address.port
                 )
         except (OSError, TimeoutError) as exc:
-            raise CaptureConnectionError(f"cannot connect to {endpoint}: {exc!r}") from exc
+            raise CaptureConnectionError(f"cannot connect to {address}: {exc!r}") from exc
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -942,7 +893,7 @@ class ReplicationStreamSource:
 
     Satisfies :class:`~replication.capture.batch.ChangeSource`::
 
-        async with ReplicationStreamSource(url, state_dir=state) as source:
+        async with ReplicationStreamSource(address, state_dir=state) as source:
             async for batch in source.batches():
                 ...  # read the keys' state, ship it durably
                 await source.ack(batch.end_offset)
@@ -950,7 +901,7 @@ class ReplicationStreamSource:
 
     def __init__(
         self,
-        url: str,
+        address: RedisAddress,
         *,
         state_dir: Path | str | None = None,
         position_store: PositionStore | None = None,
@@ -968,7 +919,7 @@ class ReplicationStreamSource:
         healthy_session_s: float = 10.0,
         backoff: Backoff | None = None,
     ) -> None:
-        self.endpoint = RedisEndpoint.from_url(url)
+        self.address = address
         if position_store is None and state_dir is not None:
             position_store = PositionStore(Path(state_dir) / f"{name}.position.json")
         self.position_store = position_store
@@ -1008,7 +959,7 @@ class ReplicationStreamSource:
 
     def __repr__(self) -> str:
         return (
-            f"ReplicationStreamSource(name={self.name!r}, endpoint={self.endpoint!r}, "
+            f"ReplicationStreamSource(name={self.name!r}, address={self.address!r}, "
             f"dbs={sorted(self.dbs)}, state={self._state.value})"
         )
 
@@ -1149,7 +1100,7 @@ class ReplicationStreamSource:
                     log.warning(
                         "capture connection lost source=%s endpoint=%s offset=%d error=%s",
                         self.name,
-                        self.endpoint,
+                        self.address,
                         self.stats.parsed_offset,
                         exc,
                     )
@@ -1179,7 +1130,7 @@ class ReplicationStreamSource:
                 log.warning(
                     "capture reconnect failed source=%s endpoint=%s after_s=%.2f error=%s",
                     self.name,
-                    self.endpoint,
+                    self.address,
                     delay,
                     exc,
                 )
@@ -1187,7 +1138,7 @@ class ReplicationStreamSource:
     async def _connect(self) -> _Session:
         """Connect, handshake, send PSYNC and read its reply (not the RDB)."""
         link = await RespLink.open(
-            self.endpoint, high_water=self.read_high_water_bytes, timeout_s=self.connect_timeout_s
+            self.address, high_water=self.read_high_water_bytes, timeout_s=self.connect_timeout_s
         )
         try:
             return await self._handshake(link)
@@ -1197,7 +1148,7 @@ class ReplicationStreamSource:
 
     async def _handshake(self, link: RespLink) -> _Session:
         timeout = self.read_timeout_s
-        auth = self.endpoint.auth_command()
+        auth = self.address.auth_command()
         requests: list[tuple[str, tuple[bytes | str, ...]]] = []
         if auth is not None:
             requests.append(("AUTH", auth))
@@ -1240,7 +1191,7 @@ class ReplicationStreamSource:
         log.info(
             "capture connected source=%s endpoint=%s asked=%s reply=%s master_offset=%d",
             self.name,
-            self.endpoint,
+            self.address,
             " ".join(psync[1:]),
             "FULLRESYNC" if parser.reply.full else "CONTINUE",
             master_offset,
@@ -1249,15 +1200,15 @@ class ReplicationStreamSource:
 
     def _classify(self, exc: ServerError) -> ReconcilerError:
         code = exc.code
-        if code in _RETRIABLE_CODES:
-            return CaptureConnectionError(f"{self.endpoint} not ready: {exc}")
+        if is_retriable(code):
+            return CaptureConnectionError(f"{self.address} not ready: {exc}")
         if exc.command == "AUTH" or code in ("WRONGPASS", "NOAUTH"):
-            user = self.endpoint.username or "default"
+            user = self.address.username or "default"
             return CaptureAuthError(
-                f"{self.endpoint} refused the capture credentials (user {user!r}): {exc}"
+                f"{self.address} refused the capture credentials (user {user!r}): {exc}"
             )
         return PsyncRefusedError(
-            f"{self.endpoint} refused {exc.command} ({exc.message}). The capture registers "
+            f"{self.address} refused {exc.command} ({exc.message}). The capture registers "
             "as a replica: grant its user '+psync +replconf +sync +ping +info +command "
             "+select' (see docs/capture.md), or use the keyspace-notification source "
             "(replication.capture.notifications) if this Redis forbids replicas."

@@ -29,6 +29,7 @@ import hiredis
 from replication.model.event import ChangeEvent
 from replication.model.hlc import HybridClock
 from replication.model.keys import is_internal
+from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
 from replication.redis.library import (
     VersionStatus,
@@ -37,7 +38,7 @@ from replication.redis.library import (
     parse_version_many_reply,
     version_many_command,
 )
-from replication.redis.resp import RedisAddress, RedisCommandError
+from replication.redis.resp import RedisCommandError
 from replication.redis.scan import metadata_entries, user_keys
 
 log = logging.getLogger(__name__)

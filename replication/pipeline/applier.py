@@ -18,6 +18,7 @@ from replication.model.conflicts import ConflictRecord
 from replication.model.event import ChangeEvent, Version
 from replication.model.hlc import HybridClock
 from replication.model.metadata import decode_meta
+from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
 from replication.redis.library import (
     ApplyResult,
@@ -26,7 +27,7 @@ from replication.redis.library import (
     is_missing_function,
     parse_apply_many_reply,
 )
-from replication.redis.resp import RedisAddress, RedisCommandError
+from replication.redis.resp import RedisCommandError
 
 log = logging.getLogger(__name__)
 

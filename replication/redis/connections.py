@@ -3,8 +3,9 @@ loaded; a connection that broke is reopened (and the library reloaded) on next u
 
 from __future__ import annotations
 
+from replication.redis.address import RedisAddress
 from replication.redis.library import ensure_library
-from replication.redis.resp import RedisAddress, RespConnection
+from replication.redis.resp import RespConnection
 
 
 class LibraryConnections:

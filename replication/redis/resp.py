@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import hiredis
 
 from replication.errors import ReconcilerError
+from replication.redis.address import RedisAddress
+from replication.redis.errors import error_code, is_retriable
 
 Command = Sequence[bytes | str | int | float]
 
@@ -28,50 +27,14 @@ class RedisUnavailableError(ReconcilerError):
     retriable = True
 
 
-# Error replies of a Redis that will answer normally soon: still loading its dataset after
-# a restart, busy with a long script, or between roles. Anything else is final.
-TRANSIENT_ERRORS = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
-
-
 class RedisCommandError(ReconcilerError):
-    """Redis answered a command with an error (retriable if the error is transient)."""
+    """Redis answered a command with an error; retriable when its code says the server
+    will serve it soon (`replication.redis.errors`)."""
 
     def __init__(self, message: str, reply: object = None) -> None:
         super().__init__(message)
-        self.retriable = str(reply or "").startswith(TRANSIENT_ERRORS)
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where and as whom to connect. `password` is a secret: never shown in repr."""
-
-    host: str
-    port: int
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_url(cls, url: str, *, password: str | None = None) -> RedisAddress:
-        """Parse redis://[user[:password]@]host[:port][/db]; an explicit password wins."""
-        parsed = urlparse(url)
-        if parsed.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (want redis://)")
-        db_text = parsed.path.lstrip("/")
-        return cls(
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 6379,
-            db=int(db_text) if db_text else 0,
-            username=unquote(parsed.username) if parsed.username else None,
-            password=password or (unquote(parsed.password) if parsed.password else None),
-        )
-
-    def for_db(self, db: int) -> RedisAddress:
-        """The same server and credentials, another database."""
-        return dataclasses.replace(self, db=db)
-
-    def __str__(self) -> str:
-        return f"redis://{self.host}:{self.port}/{self.db}"
+        self.code = error_code(reply)
+        self.retriable = is_retriable(reply)
 
 
 class RespConnection:
@@ -101,11 +64,9 @@ class RespConnection:
         conn = cls(address, reader, writer)
         try:
             setup: list[Command] = []
-            if address.password is not None:
-                auth: list[str] = ["AUTH"]
-                if address.username:
-                    auth.append(address.username)
-                setup.append([*auth, address.password])
+            auth = address.auth_command()
+            if auth is not None:
+                setup.append(auth)
             if address.db:
                 setup.append(["SELECT", address.db])
             if setup:

@@ -6,7 +6,7 @@ import pytest
 
 from devcluster import RedisServer
 from replication.capture.commands import KeyTable
-from replication.capture.stream import RedisEndpoint, RespLink, pack
+from replication.capture.stream import RespLink, pack
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +83,7 @@ WRITES: list[list[str]] = [
 async def test_written_keys_match_the_servers_keys_minus_read_only_ones(
     redis_server: RedisServer,
 ) -> None:
-    endpoint = RedisEndpoint.from_url(redis_server.url)
-    link = await RespLink.open(endpoint, high_water=1 << 20, timeout_s=5)
+    link = await RespLink.open(redis_server.address, high_water=1 << 20, timeout_s=5)
     try:
         link.write(pack("COMMAND"))
         table = KeyTable.from_command_reply(await link.reply("COMMAND", 5))

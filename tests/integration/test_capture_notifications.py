@@ -16,6 +16,7 @@ from replication.capture import (
     NotificationsConfigError,
 )
 from replication.capture.notifications import missing_flags
+from replication.redis.address import RedisAddress
 from tests.integration.test_capture_stream import (
     DEADLINE_S,
     Reader,
@@ -40,7 +41,9 @@ def primary(redis_factory: RedisFactory) -> RedisServer:
 def notifications_for(server: RedisServer, url: str | None = None, **kwargs: Any) -> Any:
     options: dict[str, Any] = {"backoff": Backoff(base_s=0.05, cap_s=0.5), "stats_interval_s": 0.1}
     options.update(kwargs)
-    return KeyspaceNotificationSource(url or server.url, **options)
+    return KeyspaceNotificationSource(
+        RedisAddress.from_url(url) if url else server.address, **options
+    )
 
 
 class Collector:

@@ -21,6 +21,7 @@ from replication.capture import (
     PsyncRefusedError,
     ReplicationStreamSource,
 )
+from replication.redis.address import RedisAddress
 from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,12 @@ def source_for(server: RedisServer, state: Path, **kwargs: Any) -> ReplicationSt
         "ack_interval_s": 0.2,
     }
     options.update(kwargs)
-    return ReplicationStreamSource(server.url, **options)
+    return ReplicationStreamSource(server.address, **options)
+
+
+def address(user: str, password: str, port: int) -> RedisAddress:
+    """The loopback server on `port`, as `user`."""
+    return RedisAddress("127.0.0.1", port, username=user, password=password)
 
 
 async def master_offset(redis: aioredis.Redis) -> int:
@@ -431,14 +437,14 @@ async def test_the_documented_acl_is_enough_and_less_is_refused(
             "ACL", "SETUSER", "weak", "on", ">pw", "-@all", "+info", "+command"
         )
     port = primary.port
-    good = ReplicationStreamSource(f"redis://capture:pw@127.0.0.1:{port}", state_dir=tmp_path)
+    good = ReplicationStreamSource(address("capture", "pw", port), state_dir=tmp_path)
     async with good:
         assert (await Reader(good).next()).gap is not None
-    weak = ReplicationStreamSource(f"redis://weak:pw@127.0.0.1:{port}", state_dir=tmp_path / "w")
+    weak = ReplicationStreamSource(address("weak", "pw", port), state_dir=tmp_path / "w")
     with pytest.raises(PsyncRefusedError, match=r"\+psync"):
         await weak.start()
     await weak.stop()
-    wrong = ReplicationStreamSource(f"redis://capture:nope@127.0.0.1:{port}", state_dir=tmp_path)
+    wrong = ReplicationStreamSource(address("capture", "nope", port), state_dir=tmp_path)
     with pytest.raises(CaptureAuthError) as caught:
         await wrong.start()
     assert "nope" not in str(caught.value)

@@ -33,8 +33,8 @@ from replication.model.value import Kind, Value
 from replication.model.vclock import Order, VectorClock
 from replication.pipeline.outbound import Outbound
 from replication.pipeline.publisher import Publisher
+from replication.redis.address import RedisAddress
 from replication.redis.library import apply_command, meta_key_for, parse_apply_reply
-from replication.redis.resp import RedisAddress
 from tests.integration.test_capture_stream import (
     FUNCTION_LIBRARY,
     client,

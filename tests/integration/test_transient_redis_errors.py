@@ -15,7 +15,8 @@ from devcluster import RedisServer
 from replication.backoff import retrying
 from replication.capture.versioner import Versioner
 from replication.model.hlc import HybridClock
-from replication.redis.resp import RedisAddress, RedisCommandError
+from replication.redis.address import RedisAddress
+from replication.redis.resp import RedisCommandError
 
 # Holds the server for about 1.5 s: every other client gets BUSY meanwhile.
 BUSY_SCRIPT = """

@@ -1,6 +1,6 @@
 """The bytes between PSYNC and the command stream: reply line, keep-alives, RDB in both forms.
 
-Also the small pieces around the link: the endpoint (its password never shows) and the
+Also the small pieces around the link: the address (its password never shows) and the
 bounded batch channel (the backpressure point).
 """
 
@@ -18,9 +18,9 @@ from replication.capture.notifications import REQUIRED_FLAGS, missing_flags
 from replication.capture.stream import (
     BatchChannel,
     PsyncReplyParser,
-    RedisEndpoint,
     ServerError,
 )
+from replication.redis.address import RedisAddress
 
 REPLID = "8b090c1d5f6e0643d6d9f3419776ca404fa00a57"
 MARK = b"476f0dcf348bf41cd211c8ae055c4642238bdaab"
@@ -123,27 +123,37 @@ def test_a_reply_line_that_never_ends_is_refused() -> None:
         consume([b"+" + b"x" * 10_000])
 
 
-# -- endpoint --------------------------------------------------------------------------------
+# -- address ---------------------------------------------------------------------------------
 
 
-def test_endpoint_password_never_appears_in_repr_or_str() -> None:
-    endpoint = RedisEndpoint.from_url("redis://capture:s3cr%40t@10.0.0.5:6380/0")
-    assert endpoint.username == "capture"
-    assert endpoint.password == "s3cr@t"
-    assert (endpoint.host, endpoint.port) == ("10.0.0.5", 6380)
-    for text in (repr(endpoint), str(endpoint), f"{endpoint!r} {endpoint}"):
+def test_address_password_never_appears_in_repr_or_str() -> None:
+    address = RedisAddress.from_url("redis://capture:s3cr%40t@10.0.0.5:6380/0")
+    assert address.username == "capture"
+    assert address.password == "s3cr@t"
+    assert (address.host, address.port) == ("10.0.0.5", 6380)
+    for text in (repr(address), str(address), f"{address!r} {address}"):
         assert "s3cr" not in text
-    assert "********" in repr(endpoint)
-    assert endpoint.auth_command() == ("AUTH", "capture", "s3cr@t")
-    assert RedisEndpoint.from_url("redis://:pw@h").auth_command() == ("AUTH", "pw")
-    assert RedisEndpoint.from_url("redis://h").auth_command() is None
+    assert "********" in repr(address)
+    assert address.auth_command() == ("AUTH", "capture", "s3cr@t")
+    assert RedisAddress.from_url("redis://:pw@h").auth_command() == ("AUTH", "pw")
+    assert RedisAddress.from_url("redis://h").auth_command() is None
 
 
 def test_only_plain_redis_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="redis://"):
-        RedisEndpoint.from_url("rediss://h:6379")
+        RedisAddress.from_url("rediss://h:6379")
     with pytest.raises(ValueError, match="host"):
-        RedisEndpoint.from_url("redis:///0")
+        RedisAddress.from_url("redis:///0")
+    with pytest.raises(ValueError, match="database"):
+        RedisAddress.from_url("redis://h/zero")
+
+
+def test_an_explicit_password_wins_and_the_database_is_kept() -> None:
+    address = RedisAddress.from_url("redis://u:inurl@h:7000/3", password="given")
+    assert (address.host, address.port, address.db, address.password) == ("h", 7000, 3, "given")
+    assert address.for_db(5).db == 5
+    assert address.for_db(5).password == "given"
+    assert str(address) == "redis://h:7000/3"
 
 
 # -- channel ---------------------------------------------------------------------------------
