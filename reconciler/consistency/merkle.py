@@ -195,13 +195,14 @@ def _int_at(raw: bytes, pos: int) -> int | None:
 
 def live_digest(raw: bytes, now_ms: int) -> bytes | None:
     """The digest of a stored record if its key is live (neither deleted nor expired at
-    `now_ms`), else None. Reads the fixed layout (digest, then the origin as a short string,
-    then the expiry) without decoding; falls back to a full decode otherwise."""
-    if raw[:2] == _RECORD_HEAD and len(raw) > 19 and 0xA0 <= raw[18] <= 0xBF:
+    `now_ms`), else None. Reads the fixed layout (digest, then the origin as a small integer
+    or a short string, then the expiry) without decoding; falls back to a full decode otherwise."""
+    if raw[:2] == _RECORD_HEAD and len(raw) > 19 and (raw[18] <= 0x7F or 0xA0 <= raw[18] <= 0xBF):
         digest = raw[2 : 2 + DIGEST_BYTES]
         if digest == TOMBSTONE_DIGEST:
             return None
-        expire_at = _int_at(raw, 19 + (raw[18] & 0x1F))
+        # The origin: its position in the clock (a fixint), or in older records its name.
+        expire_at = _int_at(raw, 19 if raw[18] <= 0x7F else 19 + (raw[18] & 0x1F))
         if expire_at is not None:
             return digest if not 0 < expire_at <= now_ms else None
     try:

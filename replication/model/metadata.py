@@ -1,5 +1,9 @@
 """Per-key metadata as the Lua library stores it (see replication/redis/lua/reconciler.lua):
 a cmsgpack array {digest, origin, expire_at_ms, deleted, flat clock} in the key's slot hash.
+
+The origin is stored as its 0-based position among the clock's regions (one byte instead of
+the region's name, which keeps a key's metadata near 60 bytes); records written before that
+carry the name, and both forms are read.
 """
 
 from __future__ import annotations
@@ -54,10 +58,16 @@ def decode_meta(raw: bytes) -> Meta:
     digest, origin, expire_at, deleted, flat = fields
     if type(digest) is not bytes or len(digest) != DIGEST_BYTES:
         raise DecodeError("metadata digest is not 16 bytes")
-    if type(origin) is not bytes or type(expire_at) is not int or type(flat) is not list:
+    if type(expire_at) is not int or type(flat) is not list:
         raise DecodeError("metadata origin/expiry/clock malformed")
     if len(flat) % 2:
         raise DecodeError("metadata clock has an odd number of items")
+    if type(origin) is int:
+        if not 0 <= origin < len(flat) // 2:
+            raise DecodeError("metadata origin is not a position in its clock")
+        origin = flat[2 * origin]
+    if type(origin) is not bytes:
+        raise DecodeError("metadata origin/expiry/clock malformed")
     entries: dict[str, int] = {}
     try:
         for i in range(0, len(flat), 2):
@@ -73,9 +83,11 @@ def decode_meta(raw: bytes) -> Meta:
 
 def encode_meta(meta: Meta) -> bytes:
     """The stored form (what the Lua library writes), for tests and tools."""
+    flat = _raw_flat(meta)
+    origin = meta.origin.encode()
+    stored: bytes | int = flat.index(origin) // 2 if origin in flat[::2] else origin
     packed: bytes = msgpack.packb(
-        [meta.digest, meta.origin.encode(), meta.expire_at_ms, int(meta.deleted), _raw_flat(meta)],
-        use_bin_type=False,
+        [meta.digest, stored, meta.expire_at_ms, int(meta.deleted), flat], use_bin_type=False
     )
     return packed
 

@@ -195,3 +195,50 @@ def test_a_batched_apply_keeps_an_expiry_and_replaces_a_string_in_one_write(
     assert client.get(key) == b"v2"
     assert client.pexpiretime(key) == -1  # the newer version has no expiry: none is left
     client.close()
+
+
+def test_records_store_the_origin_as_its_clock_position_and_older_records_still_read(
+    library_redis: redis.Redis,
+) -> None:
+    from reconciler.consistency.merkle import digest_of_record, live_digest
+    from replication.model.metadata import Meta, decode_meta, encode_meta
+
+    client = redis.Redis(port=library_redis.connection_pool.connection_kwargs["port"], db=3)
+    client.flushdb()
+    key = b"compact"
+    clock = VectorClock({"ap-south": 4, "us-east": 9})
+    event = ChangeEvent(
+        3, key, Kind.STRING, b"v", 0, clock, "us-east", value_digest(Kind.STRING, b"v", 0)
+    )
+    (result,) = parse_apply_many_reply(
+        client.execute_command(*apply_many_command([event], HERE)), 1
+    )
+    assert result.outcome == "applied"
+    raw = client.hget(meta_key_for(key), key)
+    assert raw is not None
+    assert raw[18] == 1  # us-east is the second region of the sorted clock
+    meta = decode_meta(raw)
+    assert (meta.origin, meta.clock, meta.digest) == ("us-east", clock, event.digest)
+    assert encode_meta(meta) == raw
+    assert digest_of_record(raw) == live_digest(raw, 0) == event.digest
+    # array, digest (1 + 16), origin, expiry, deleted, clock array, 'ap-south', 4, 'us-east', 9
+    assert len(raw) == 1 + 17 + 1 + 1 + 1 + 1 + 9 + 1 + 8 + 1
+
+    # A record written with the origin's name (before) decodes the same, and the library
+    # keeps resolving it (a later local write builds on its clock).
+    import msgpack
+
+    older = msgpack.packb(
+        [event.digest, b"us-east", 0, 0, [b"ap-south", 4, b"us-east", 9]], use_bin_type=False
+    )
+    client.hset(meta_key_for(key), key, older)
+    assert decode_meta(older) == Meta(event.digest, "us-east", 0, False, clock)
+    assert live_digest(older, 0) == event.digest
+    client.set(key, b"local")
+    (version,) = parse_version_many_reply(
+        client.execute_command(*version_many_command([key], HERE, 100)), 3, [key]
+    )
+    assert version.event is not None
+    assert version.event.clock == VectorClock({"ap-south": 4, "us-east": 9, HERE: 100})
+    assert version.event.origin == HERE
+    client.close()

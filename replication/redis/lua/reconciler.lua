@@ -4,7 +4,8 @@
 -- vclock.py, resolver.py) must agree with this file; tests check they do.
 --
 -- Metadata of a key, in the per-slot hash KEYS[2], field = the key, value = cmsgpack of
---   { digest (16 raw bytes), origin region, expire_at ms (0 none), deleted (0/1),
+--   { digest (16 raw bytes), origin (its 0-based position among the clock's regions; older
+--     records: the region's name), expire_at ms (0 none), deleted (0/1),
 --     clock {region, ts, region, ts, ...} sorted bytewise by region }
 -- Strings are compared bytewise (never with Lua's `<`, which follows the server's locale).
 
@@ -169,8 +170,21 @@ local function parse_retired(csv)
   return set
 end
 
+-- The origin is stored as its position in the sorted clock (it always has an entry there):
+-- one byte instead of the region's name. Records written with the name are still read.
 local function pack_meta(dig, origin, exp, deleted, clock)
-  return cmsgpack.pack({ dig, origin, exp, deleted, clock_flat(clock) })
+  local flat = clock_flat(clock)
+  local stored = origin
+  for i = 1, #flat, 2 do
+    if flat[i] == origin then stored = (i - 1) / 2; break end
+  end
+  return cmsgpack.pack({ dig, stored, exp, deleted, flat })
+end
+
+local function meta_origin(meta)
+  local o = meta[2]
+  if type(o) == 'number' then return meta[5][2 * o + 1] end
+  return o
 end
 
 local function expired(meta, now)
@@ -240,7 +254,7 @@ local function version_key(key, mkey, region, tick, replay, out)
     local meta = cmsgpack.unpack(raw)
     local old = meta[4] == 0 and meta[1] or ''
     if meta[4] == 1 then
-      if replay and meta[2] == region then
+      if replay and meta_origin(meta) == region then
         out[n + 1] = 2; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = raw
         out[n + 5] = old
         return
@@ -274,7 +288,7 @@ local function version_key(key, mkey, region, tick, replay, out)
   local stored = meta_digest(raw)
   if stored == dig then
     -- A live value's digest never equals the tombstone's, so the record is live.
-    if replay and cmsgpack.unpack(raw)[2] == region then
+    if replay and meta_origin(cmsgpack.unpack(raw)) == region then
       out[n + 1] = 2; out[n + 2] = kind; out[n + 3] = value; out[n + 4] = raw
       out[n + 5] = dig
       return
@@ -305,7 +319,7 @@ local function rr_version(keys, args)
   local meta = cmsgpack.unpack(out[4])
   local value = out[3]
   if type(value) ~= 'table' then value = { value } end
-  return { code, out[2], value, meta[3], meta[1], meta[5], meta[2], out[5] }
+  return { code, out[2], value, meta[3], meta[1], meta[5], meta_origin(meta), out[5] }
 end
 
 -- rr_version_many(KEYS: key1, metahash1, key2, metahash2, ...; ARGV: region, tick, replay)
@@ -349,14 +363,14 @@ local function apply_key(key, mkey, retired, kind, exp, dig, origin, rflat, valu
   local outcome, clock = 'applied', rclock
   if order == 'concurrent' then
     clock = clock_merge(rclock, lclock)
-    local lorigin = meta[2]
+    local lorigin = meta_origin(meta)
     local lts, rts = lclock[lorigin] or 0, rclock[origin] or 0
     local remote_wins
     if rts ~= lts then remote_wins = rts > lts
     elseif lorigin ~= origin then remote_wins = bytes_lt(lorigin, origin)
     else remote_wins = bytes_lt(meta[1], dig) end
     if not remote_wins then
-      redis.call('HSET', mkey, key, pack_meta(meta[1], meta[2], meta[3], meta[4], clock))
+      redis.call('HSET', mkey, key, pack_meta(meta[1], lorigin, meta[3], meta[4], clock))
       return 'conflict-local-won', old, raw
     end
     outcome = 'conflict-remote-won'
