@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from devcluster.ports import LOOPBACK, free_port, port_open, wait_until
@@ -143,12 +144,21 @@ class KafkaBroker:
         controller_port: int | None = None,
         heap_mb: int = 512,
         version: str = KAFKA_VERSION,
+        extra_listeners: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
+        """`extra_listeners`: name -> (port, advertised port), more PLAINTEXT listeners
+        whose clients are told to reach the broker at the advertised port: put a TCP proxy
+        there and every connection of those clients goes through it (the metadata answer
+        of a listener names that listener's advertised address)."""
         self.dir = base_dir / "kafka"
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         self.heap_mb = heap_mb
         self.version = version
+        self.extra_listeners = dict(extra_listeners or {})
+        for name in self.extra_listeners:
+            if not name.isupper() or name in ("PLAINTEXT", "CONTROLLER"):
+                raise ValueError(f"listener name {name!r}: expected a new upper-case name")
         self._process = ServerProcess("kafka", self.dir / "console.log")
 
     @property
@@ -164,13 +174,31 @@ class KafkaBroker:
         return self._process.running
 
     def _properties(self) -> str:
+        extra = self.extra_listeners.items()
+        listeners = ",".join(f"{n}://{LOOPBACK}:{port}" for n, (port, _) in extra)
+        advertised = ",".join(f"{n}://{LOOPBACK}:{adv}" for n, (_, adv) in extra)
+        protocols = ",".join(f"{n}:PLAINTEXT" for n in self.extra_listeners)
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "listeners": ",".join(
+                filter(
+                    None,
+                    [
+                        f"PLAINTEXT://{LOOPBACK}:{self.port}",
+                        f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
+                        listeners,
+                    ],
+                )
+            ),
+            "advertised.listeners": ",".join(
+                filter(None, [f"PLAINTEXT://{LOOPBACK}:{self.port}", advertised])
+            ),
+            "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                filter(None, ["PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT", protocols])
+            ),
             "controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self.controller_port}",
             "log.dirs": str(self.dir / "data"),
             "offsets.topic.replication.factor": "1",
