@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import hiredis
 
 from replication.errors import DecodeError, UnsupportedTypeError
+from replication.model.digest import TOMBSTONE_DIGEST
 from replication.model.event import ChangeEvent
 from replication.model.metadata import Meta, decode_meta
 from replication.model.value import Kind
@@ -65,6 +66,11 @@ def event_from_state(db: int, state: KeyState, meta: Meta) -> ChangeEvent:
     )
 
 
+def expiry_event(db: int, key: bytes, meta: Meta) -> ChangeEvent:
+    """An expired version, shipped as a delete at its clock (its value is gone)."""
+    return ChangeEvent(db, key, Kind.NONE, None, 0, meta.clock, meta.origin, TOMBSTONE_DIGEST)
+
+
 class RepairShipper:
     def __init__(
         self,
@@ -98,8 +104,15 @@ class RepairShipper:
                 meta = decode_meta(state.meta_raw) if state.meta_raw else None
             except DecodeError:
                 meta = None
-            if state.kind_name == "none" and (meta is None or meta.is_expired(now)):
-                continue  # nothing there, or an expiry: logically absent everywhere
+            if state.kind_name == "none" and meta is None:
+                continue  # nothing there
+            if state.kind_name == "none" and meta is not None and meta.is_expired(now):
+                if not meta.deleted:
+                    # This version expired, but a peer may still hold an older live one (a
+                    # Redis restored from a backup taken before this version reached it):
+                    # its clock must win there too, as the delete it now amounts to.
+                    events.append(expiry_event(db, state.key, meta))
+                continue
             if meta is None or state.digest != meta.digest:
                 unversioned.append(state.key)
                 continue
