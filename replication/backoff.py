@@ -49,7 +49,9 @@ async def retrying(
 ) -> T:
     """Run `op` until it succeeds, sleeping with backoff after each retriable failure
     (`ReconcilerError.retriable`); anything else propagates."""
-    backoff = backoff or Backoff(base_s=0.1, cap_s=5.0)
+    # Capped at 1 s: what is retried here waits for the region's own Redis, and a Redis
+    # that answers again should be used again within a second (it bounds the recovery).
+    backoff = backoff or Backoff(base_s=0.1, cap_s=1.0)
     while True:
         try:
             return await op()

@@ -220,7 +220,7 @@ class AdminServer:
             "since_ms": d.state.since_ms,
             "last_repair_ms": d.state.last_repair_ms,
             "gaps": d.state.gaps,
-            "pending_peers": sorted(d.state.pending_peers),
+            "pending_peers": sorted(d.region_state.pending),
             "deadletters": d.dead_letters.count,
             "inbound_lag": d.state.inbound_lag,
             "peers": {

@@ -274,6 +274,11 @@ class TombstoneSection:
 class StatusSection:
     refresh_s: float = setting(1.0, gt=0)
     ttl_s: float = setting(5.0, gt=0)
+    instance_check_s: float = setting(0.25, gt=0, le=60)
+    """How often the Redis's run_id is read: a restarted Redis is noticed this soon after it
+    answers again, and the status says `recovering` before clients trust it."""
+    instance_timeout_s: float = setting(1.0, gt=0, le=60)
+    """How long an instance check, a status write or a marker write may take."""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -53,9 +53,11 @@ from reconciler.events import (
 )
 from reconciler.service.admin import AdminServer
 from reconciler.service.config import DaemonConfig
+from reconciler.service.instance import InstanceGuard, StatusRefusedError
 from reconciler.service.metrics import DaemonCollector
 from reconciler.service.notify import ServiceNotifier, status_text
-from reconciler.status import RegionStatus, write_status
+from reconciler.service.regionstate import RegionState, SessionMode, SessionRequest, Status
+from reconciler.status import RegionStatus
 from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
@@ -63,7 +65,6 @@ from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import Versioner
 from replication.errors import ReconcilerError, exception_leaves
 from replication.model.hlc import HybridClock
-from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
 from replication.pipeline.applier import Applier, ApplyReport
 from replication.pipeline.inbound import Inbound
 from replication.pipeline.outbound import Outbound
@@ -80,26 +81,18 @@ log = logging.getLogger(__name__)
 STOP_DEADLINE_S = 30.0
 
 
-@dataclass
-class RepairRequest:
-    peer: str
-    trigger: str
-    mode: str = "repair"
-    done: asyncio.Future[RepairReport] | None = None
-    operator: bool = False
+Queued = tuple[SessionRequest, "asyncio.Future[RepairReport] | None"]
 
 
 @dataclass
 class DaemonState:
     """What the daemon knows about itself (status record, health, metrics)."""
 
-    status: str = STATUS_RECOVERING
+    status: str = Status.RECOVERING
+    """The status last published (`RegionState.status` decides it)."""
     since_ms: int = 0
     last_repair_ms: int = 0
     gaps: dict[str, int] = field(default_factory=dict)
-    pending_peers: set[str] = field(default_factory=set)  # need a good session since a gap
-    repaired_since_gap: bool = False
-    sessions_running: int = 0
     started_ms: int = 0
     rebuild_progress: float = 0.0
     gc_tombstones_removed: int = 0
@@ -125,6 +118,10 @@ class Daemon:
         )
         self.index = MerkleIndex(config.redis.dbs)
         self.trees = self.index.trees
+        self.region_state = RegionState(config.peers, automatic=config.antientropy.automatic)
+        self.guard = InstanceGuard(
+            config.redis.address(config.redis.dbs[0]), timeout_s=config.status.instance_timeout_s
+        )
         kafka = config.kafka.settings()
         self.kafka_settings = kafka
         # Every record we produce is signed with our key; every record we read is verified
@@ -202,12 +199,14 @@ class Daemon:
         )
         self._conns = LibraryConnections(config.redis.address())
         self._status_client: aioredis.Redis | None = None
-        self._repairs: asyncio.Queue[RepairRequest] = asyncio.Queue()
-        self._queued: set[tuple[str, str]] = set()
+        self._repairs: asyncio.Queue[Queued] = asyncio.Queue()
         self._stopping = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._spawned: set[asyncio.Task[None]] = set()
-        self._recovering: asyncio.Lock = asyncio.Lock()
+        self._recovery: asyncio.Task[None] | None = None
+        self._recovered = asyncio.Event()  # clear while a recovery pass is pending
+        self._recovered.set()
+        self._verifying = False
         self._signals = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -259,27 +258,51 @@ class Daemon:
         self.journal.append(conflict.to_json() for conflict in report.conflicts)
 
     async def _on_gap(self, gap: Gap) -> None:
-        self.state.gaps[gap.reason] = self.state.gaps.get(gap.reason, 0) + 1
         log_event(log, REGION_GAP, logging.WARNING, reason=gap.reason, detail=gap.detail)
-        self._set_status(STATUS_RECOVERING)
-        self._spawn(self._recover(f"capture gap: {gap.reason}"))
+        self._gap(gap.reason, f"capture gap: {gap.reason}")
+
+    def _gap(self, kind: str, reason: str) -> None:
+        """Something was missed or lost: no longer vouch for the data, recover, repair."""
+        self.state.gaps[kind] = self.state.gaps.get(kind, 0) + 1
+        epoch = self.region_state.gap()
+        self._recovered.clear()
+        log.warning("gap: epoch=%d reason=%r: status recovering until repaired", epoch, reason)
+        self._spawn(self._forget_marker())
+        self._publish()
+        if self._recovery is None or self._recovery.done():
+            self._recovery = self._spawn(self._recover(reason))
+
+    async def _forget_marker(self) -> None:
+        try:
+            await self.guard.forget()
+        except (OSError, TimeoutError, ReconcilerError) as exc:
+            # The key names the old instance, or is gone with it: it vouches for nothing.
+            log.debug("repair marker not deleted: %s", exc)
 
     async def _on_flush(self, dbs: frozenset[int]) -> None:
         log.warning("local flush of dbs %s: refilling from peers", sorted(dbs))
         # The gap that comes with the flush triggers the recovery.
 
     def _on_peer_down(self, peer: str, reason: str) -> None:
-        if self.config.antientropy.automatic:
-            self.state.pending_peers.add(peer)  # when it is back, it gets a session
+        self.region_state.peer_down(peer)
         self.antientropy.abort_peer(peer, reason)
+        self._publish()
 
     def _on_peer_up(self, peer: str, reason: str) -> None:
-        automatic = self.config.antientropy.automatic and reason != "first heartbeat"
-        if peer in self.state.pending_peers or automatic:
-            self.request_repair(peer, f"peer up: {reason}")
+        request = self.region_state.peer_up(peer, reason, first=reason == "first heartbeat")
+        if request is not None:
+            self._queue(request)
+        self._publish()
 
     # ------------------------------------------------------------------ status, repair
-    def _set_status(self, status: str) -> None:
+    def _publish(self) -> None:
+        """Bring the published status in line with `region_state` (and write the repair
+        marker when a gap's repair has just completed)."""
+        rs = self.region_state
+        if rs.wants_verification() and not self._verifying:
+            self._verifying = True
+            self._spawn(self._verify(rs.epoch))
+        status = rs.status
         if status != self.state.status:
             log_event(log, REGION_STATUS, from_=self.state.status, to=status)
             self.state.status = status
@@ -287,79 +310,81 @@ class Daemon:
             self.notifier.status_changed()
             self._spawn(self._write_status())
 
-    def _update_status(self) -> None:
-        s = self.state
-        if s.status == STATUS_RECOVERING and self._recovering.locked():
-            return
-        if s.sessions_running or not self._repairs.empty():
-            self._set_status(STATUS_REPAIRING)
-            return
-        alive = set(self.peers.alive())
-        if not s.pending_peers or (not (s.pending_peers & alive) and s.repaired_since_gap):
-            self._set_status(STATUS_CONSISTENT)
-        elif s.status != STATUS_RECOVERING:
-            self._set_status(STATUS_REPAIRING)
+    async def _verify(self, epoch: int) -> None:
+        """A gap's repair completed: write the marker that lets the status say consistent."""
+        try:
+            run_id = self.guard.run_id
+            if run_id is None:
+                await self.guard.observe()
+                run_id = self.guard.run_id
+            if run_id is not None and await self.guard.mark_verified(run_id):
+                if self.region_state.verified_as(epoch):
+                    log.info("repair verified on redis instance %s (epoch %d)", run_id, epoch)
+            else:
+                self._gap("instance", "redis instance changed while it was repaired")
+        except (OSError, TimeoutError, ReconcilerError) as exc:
+            log.warning("repair marker not written (%s); retrying at the next status tick", exc)
+        finally:
+            self._verifying = False
+        self._publish()
 
-    def request_repair(
-        self, peer: str, trigger: str, mode: str = "repair", *, operator: bool = False
-    ) -> asyncio.Future[RepairReport] | None:
-        """Queue a session with `peer`.
-
-        Automatic triggers are de-duplicated, and wait for a peer that is not alive (it is
-        left pending; its next heartbeat starts the session). Operator requests always run.
-        """
-        if not operator:
-            self.state.pending_peers.add(peer)
-            if peer not in self.peers.alive():
-                return None
-        key = (peer, mode)
-        if mode == "repair" and key in self._queued:
-            return None
-        self._queued.add(key)
+    def _queue(self, request: SessionRequest) -> asyncio.Future[RepairReport]:
         loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[RepairReport] = loop.create_future()
-        self._repairs.put_nowait(RepairRequest(peer, trigger, mode, done, operator))
+        self._repairs.put_nowait((request, done))
+        return done
+
+    def request_repair(
+        self,
+        peer: str,
+        trigger: str,
+        mode: SessionMode = SessionMode.REPAIR,
+        *,
+        operator: bool = False,
+    ) -> asyncio.Future[RepairReport] | None:
+        """Queue a session with `peer` (see `RegionState.request` for which are queued)."""
+        request = self.region_state.request(peer, trigger, mode, operator=operator)
+        if request is None:
+            return None
+        done = self._queue(request)
+        self._publish()
         return done
 
     async def operator_session(self, peer: str, mode: str, trigger: str) -> RepairReport:
         """Run a session for the operator (admin endpoint) and wait for its report."""
         if peer not in self.config.peers:
             raise ReconcilerError(f"unknown peer {peer!r} (peers: {list(self.config.peers)})")
-        if mode == "repair":
-            self._queued.discard((peer, mode))
-        fut = self.request_repair(peer, trigger, mode, operator=True)
+        fut = self.request_repair(peer, trigger, SessionMode(mode), operator=True)
         if fut is None:
             raise ReconcilerError("could not queue the session")
         return await fut
 
     async def _repair_loop(self) -> None:
         while True:
-            request = await self._repairs.get()
-            self._queued.discard((request.peer, request.mode))
-            self.state.sessions_running += 1
-            if request.mode in ("repair", "resync"):
-                self._update_status()
+            queued, done = await self._repairs.get()
+            # No session while a recovery pass is pending: it compares the rebuilt index.
+            await self._recovered.wait()
+            request = self.region_state.session_started(queued)
+            self._publish()
+            report: RepairReport | None = None
             try:
                 if not request.operator:
                     await self._settle(request.peer)
-                    if request.peer not in self.peers.alive():
-                        # It went away meanwhile; it stays pending and its return
-                        # triggers the session.
-                        continue
-                report = await self.antientropy.run(request.peer, request.trigger, request.mode)
+                if request.operator or request.peer in self.peers.alive():
+                    report = await self.antientropy.run(
+                        request.peer, request.trigger, str(request.mode)
+                    )
+                # else: it went away meanwhile; it stays pending, its return triggers it.
             finally:
-                self.state.sessions_running -= 1
-                self._update_status()
-            if request.done is not None and not request.done.done():
-                request.done.set_result(report)
-            if request.mode in ("repair", "resync"):
-                if report.result == "ok":
-                    self.state.pending_peers.discard(request.peer)
-                    self.state.repaired_since_gap = True
+                ok = report is not None and report.result == "ok"
+                retry = self.region_state.session_finished(request, ok=ok)
+                if ok and request.mode.repairs:
                     self.state.last_repair_ms = now_ms()
-                else:
-                    self._spawn(self._retry_later(request.peer, request.trigger))
-            self._update_status()
+                self._publish()
+            if done is not None and not done.done() and report is not None:
+                done.set_result(report)
+            if retry and report is not None:
+                self._spawn(self._retry_later(request.peer, request.trigger))
 
     async def _settle(self, peer: str) -> None:
         """Wait (bounded) until the changes in flight between every region, us and `peer`
@@ -399,22 +424,26 @@ class Daemon:
 
     async def _retry_later(self, peer: str, trigger: str) -> None:
         await asyncio.sleep(self.config.antientropy.retry_interval_s)
-        if peer in self.state.pending_peers and peer in self.peers.alive():
+        if peer in self.region_state.pending and peer in self.peers.alive():
             self.request_repair(peer, f"retry: {trigger}")
 
     async def _recover(self, reason: str) -> None:
-        """After a gap: rebuild the index, version every key again, repair with peers.
+        """After a gap: rebuild the index, version every key again, then repair with peers.
 
-        The Redis that caused the gap may still be coming back: the whole recovery is
-        retried (with backoff) while it is unreachable, never abandoned."""
-        async with self._recovering:
-            self.state.pending_peers = set(self.config.peers)
-            self.state.repaired_since_gap = False
+        Passes repeat while gaps keep coming (a pass begun before a gap does not cover it).
+        The Redis that caused the gap may still be coming back: each pass is retried (with
+        backoff) while it is unreachable, never abandoned."""
+        rs = self.region_state
+        while rs.recovering:
+            epoch = rs.epoch
             swept = await retrying(self._rebuild_and_sweep, what="recovery after a gap")
-            log.info("recovery sweep: reason=%r local_changes_found=%d", reason, swept)
-            for peer in self.config.peers:
-                self.request_repair(peer, reason)
-        self._update_status()
+            log.info(
+                "recovery sweep: epoch=%d reason=%r local_changes_found=%d", epoch, reason, swept
+            )
+            for request in rs.recovery_done(epoch):
+                self._queue(request)
+        self._recovered.set()
+        self._publish()
 
     async def _rebuild_and_sweep(self) -> int:
         await self._rebuild_trees()
@@ -478,11 +507,35 @@ class Daemon:
             updated_ms=now_ms(),
         )
         try:
-            client = await self._status_client_get()
-            await write_status(client, status, int(self.config.status.ttl_s * 1000))
+            await self.guard.write_status(status, int(self.config.status.ttl_s * 1000))
             s.status_written_ms = now_ms()
-        except (OSError, ReconcilerError, aioredis.RedisError) as exc:
+        except StatusRefusedError as exc:
+            # The Redis holds no proof of a repair on its current instance: it restarted,
+            # was flushed or replaced before we noticed. That is a gap.
+            self._gap("instance", f"status refused by redis: {exc}")
+        except (OSError, TimeoutError, ReconcilerError) as exc:
             log.debug("status record not written: %s", exc)
+
+    async def _watch_instance(self) -> None:
+        """Notice a restarted or replaced Redis within `instance_check_s` of it answering,
+        whatever the capture's reconnect backoff is doing."""
+        interval_s = self.config.status.instance_check_s
+        while not self._stopping.is_set():
+            try:
+                change = await self.guard.observe()
+            except (OSError, TimeoutError, ReconcilerError) as exc:
+                log.debug("redis instance not observed: %s", exc)
+            else:
+                if change is not None:
+                    self._gap(
+                        "instance",
+                        f"redis instance replaced: run_id {change.old_run_id[:12]} -> "
+                        f"{change.new_run_id[:12]}",
+                    )
+                    # Tell clients now, not at the next refresh.
+                    await self._write_status()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def _every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
         while not self._stopping.is_set():
@@ -495,7 +548,8 @@ class Daemon:
 
     async def _status_tick(self) -> None:
         self.peers.check()
-        self._update_status()
+        self.region_state.peers_alive(self.peers.alive())
+        self._publish()
         await self._write_status()
         self._save_clock_floor()
 
@@ -542,14 +596,15 @@ class Daemon:
         }
 
     # ----------------------------------------------------------------------- lifecycle
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run a background job in the daemon's task group; it is cancelled at shutdown."""
         if self._group is None:
             coro.close()  # not running (yet, or any more): nothing to do it for
-            return
+            return None
         task = self._group.create_task(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+        return task
 
     def request_stop(self) -> None:
         """Graceful stop (SIGTERM). A second request forces it."""
@@ -614,6 +669,17 @@ class Daemon:
             await component.start()
             stack.push_async_callback(component.stop)
         stack.push_async_callback(self.antientropy.stop)
+        stack.push_async_callback(self.guard.close)
+        marker_valid = await retrying(self.guard.adopt_marker, what="reading the repair marker")
+        self.region_state.start(
+            marker_valid=marker_valid, sessions_on_start=cfg.antientropy.on_start
+        )
+        self.state.status = self.region_state.status
+        log.info(
+            "redis instance %s: %s",
+            self.guard.run_id,
+            "verified by an earlier run" if marker_valid else "not verified: repair first",
+        )
         await self._write_status()
         await self._rebuild_trees()
         await self.source.start()
@@ -621,9 +687,7 @@ class Daemon:
         self.admin.start()
         self.control.on("hb", self.peers.handle)
         self.control.on("ae.", self.antientropy.handle)
-        if cfg.antientropy.on_start:
-            # Sessions start as each peer's first heartbeat arrives.
-            self.state.pending_peers = set(cfg.peers)
+        # Sessions with pending peers start as each peer's first heartbeat arrives.
         log.info("admin endpoint: http://%s:%d", self.admin.host, self.admin.port)
 
     async def _supervise(self) -> None:
@@ -640,6 +704,7 @@ class Daemon:
                     )
                 ),
                 group.create_task(self._every(cfg.status.refresh_s, self._status_tick)),
+                group.create_task(self._watch_instance()),
                 group.create_task(self._every(cfg.tombstones.gc_interval_s, self._gc_tick)),
             ]
             # Capture, consumers and the admin endpoint run (started above, tasks created).

@@ -121,8 +121,8 @@ def status_text(daemon: Daemon) -> str:
     inbound = max(state.inbound_lag.values(), default=0)
     text = f"{state.status}; peers up {alive}/{len(daemon.peers.state)}"
     text += f"; lag records: peers on ours {behind_us}, ours on peers {inbound}"
-    if state.sessions_running:
-        text += f"; sessions running {state.sessions_running}"
+    if daemon.region_state.running:
+        text += f"; sessions running {daemon.region_state.running}"
     return _one_line(text)
 
 

@@ -141,7 +141,7 @@ class KeyspaceNotificationSource:
         self.read_timeout_s = read_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.healthy_session_s = healthy_session_s
-        self.backoff = backoff or Backoff(base_s=0.05, cap_s=10.0)
+        self.backoff = backoff or Backoff(base_s=0.05, cap_s=2.0)
         self.stats = CaptureStats()
         self._state = _State.NEW
         self._channel: BatchChannel[CaptureBatch] = BatchChannel(max_pending_batches)

@@ -463,11 +463,53 @@ local function rr_forget(keys, args)
   return 1
 end
 
+-- The run_id of this Redis instance (INFO server): a new random one at every start, so it
+-- tells a restarted or replaced Redis from the one a repair ran on.
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+end
+
+-- rr_mark_verified(KEYS: marker; ARGV: run_id, nonce): a repair completed on the instance
+-- `run_id`; record "<run_id>:<nonce>" as the proof. Refused if this is another instance
+-- (the Redis restarted while the repair ran). Reply: the marker.
+local function rr_mark_verified(keys, args)
+  local rid = run_id()
+  if rid ~= args[1] then
+    return redis.error_reply('RRINSTANCE this Redis is instance ' .. rid .. ', the repair ran on ' .. args[1])
+  end
+  local marker = rid .. ':' .. args[2]
+  redis.call('SET', keys[1], marker)
+  return marker
+end
+
+-- rr_status(KEYS: status, marker; ARGV: state, region, since_ms, last_repair_ms, updated_ms,
+--           ttl_ms, marker the daemon holds or '')
+-- Replaces the status record, stamped with this instance's run_id, with its expiry. Refuses
+-- `consistent` (RRUNVERIFIED) unless the marker key holds exactly the marker the daemon
+-- holds and that marker names this instance: only a repair completed on this instance can
+-- make it say consistent, whatever the daemon believes. Reply: the run_id.
+local function rr_status(keys, args)
+  local rid = run_id()
+  if args[1] == 'consistent' then
+    local held = args[7]
+    if held == '' or string.sub(held, 1, #rid + 1) ~= rid .. ':' or redis.call('GET', keys[2]) ~= held then
+      return redis.error_reply('RRUNVERIFIED no repair completed on this Redis instance (' .. rid .. ')')
+    end
+  end
+  redis.call('DEL', keys[1])
+  redis.call('HSET', keys[1], 'state', args[1], 'region', args[2], 'since_ms', args[3],
+    'last_repair_ms', args[4], 'updated_ms', args[5], 'run_id', rid)
+  redis.call('PEXPIRE', keys[1], args[6])
+  return rid
+end
+
 redis.register_function('rr_version', rr_version)
 redis.register_function('rr_forget', rr_forget)
 redis.register_function('rr_apply', rr_apply)
 redis.register_function('rr_version_many', rr_version_many)
 redis.register_function('rr_apply_many', rr_apply_many)
+redis.register_function('rr_mark_verified', rr_mark_verified)
+redis.register_function('rr_status', rr_status)
 redis.register_function{ function_name = 'rr_read', callback = rr_read, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'rr_digest', callback = rr_digest, flags = { 'no-writes' } }
 redis.register_function{
