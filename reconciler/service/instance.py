@@ -25,13 +25,9 @@ import hiredis
 from reconciler.status import RegionStatus, parse_run_id
 from replication.errors import ReconcilerError
 from replication.model.keys import STATUS_KEY, VERIFIED_KEY
+from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
-from replication.redis.resp import (
-    Command,
-    RedisAddress,
-    RedisCommandError,
-    RedisUnavailableError,
-)
+from replication.redis.resp import Command, RedisCommandError, RedisUnavailableError
 
 __all__ = ["InstanceChange", "InstanceGuard", "StatusRefusedError"]
 

@@ -17,7 +17,7 @@ from devcluster import RedisServer
 from reconciler.service.instance import InstanceGuard, StatusRefusedError
 from reconciler.status import RegionStatus, decode_status, parse_run_id
 from replication.model.keys import STATUS_KEY, VERIFIED_KEY
-from replication.redis.resp import RedisAddress
+from replication.redis.address import RedisAddress
 from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
