@@ -59,7 +59,7 @@ from reconciler.service.notify import ServiceNotifier, status_text
 from reconciler.service.regionstate import RegionState, SessionMode, SessionRequest, Status
 from reconciler.status import RegionStatus
 from replication.backoff import Backoff, retrying
-from replication.capture.batch import ChangeSource, Gap
+from replication.capture.batch import GAP_FLUSH, GAP_SWAPDB, ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import Versioner
@@ -259,15 +259,24 @@ class Daemon:
 
     async def _on_gap(self, gap: Gap) -> None:
         log_event(log, REGION_GAP, logging.WARNING, reason=gap.reason, detail=gap.detail)
-        self._gap(gap.reason, f"capture gap: {gap.reason}")
+        self._gap(
+            gap.reason,
+            f"capture gap: {gap.reason}",
+            data_changed=gap.reason in (GAP_FLUSH, GAP_SWAPDB),
+        )
 
-    def _gap(self, kind: str, reason: str) -> None:
-        """Something was missed or lost: no longer vouch for the data, recover, repair."""
+    def _gap(self, kind: str, reason: str, *, data_changed: bool = True) -> None:
+        """Something was missed or lost: no longer vouch for the data, recover, repair.
+
+        `data_changed`: this Redis may have lost or replaced data (a restart, a flush, a
+        swap) rather than only missed shipping some of its own writes (a stream the capture
+        could not follow): then the repair marker goes too, and clients leave the region."""
         self.state.gaps[kind] = self.state.gaps.get(kind, 0) + 1
         epoch = self.region_state.gap()
         self._recovered.clear()
         log.warning("gap: epoch=%d reason=%r: status recovering until repaired", epoch, reason)
-        self._spawn(self._forget_marker())
+        if data_changed:
+            self._spawn(self._forget_marker())
         self._publish()
         if self._recovery is None or self._recovery.done():
             self._recovery = self._spawn(self._recover(reason))

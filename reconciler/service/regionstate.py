@@ -10,8 +10,11 @@ The three statuses, as a failover client reads them:
 
 ``recovering``
     This region's data is not vouched for: a gap (a restart, a flush, a stream the capture
-    could not follow, a first start) has not been repaired yet. Clients keep away: a failed
-    region is not failed back to, and a client still on it moves off.
+    could not follow, a first start) has not been repaired yet. A failed region is not
+    failed back to. Whether a client still on it moves off depends on the repair marker
+    (:mod:`reconciler.status`): a gap that may have lost data (a restart, a flush) removes
+    it, and clients leave; one that only kept some local writes from being shipped (the
+    capture fell off the stream's backlog) leaves the data, and the marker, in place.
 ``repairing``
     The data was verified since the last gap, and a routine session is running or a peer
     that came back still needs one. Clients stay, but do not fail back to it yet.
