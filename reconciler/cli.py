@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "full resync: stream a peer's whole state into this region",
     ),
     "report": ("reconciler.commands.report", "list or show repair reports"),
+    "status": (
+        "reconciler.commands.status",
+        "one table of this region and every peer: status, lag, repairs, clients",
+    ),
     "clients": (
         "reconciler.commands.clients",
         "follow the failover clients' metrics stream: a live table of clients and regions",

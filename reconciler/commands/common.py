@@ -47,14 +47,21 @@ def admin_base_url(config: DaemonConfig) -> str:
     return f"http://{host}:{port}"
 
 
-def call_daemon(config: DaemonConfig, path: str, params: dict[str, str]) -> dict[str, Any]:
-    """POST to the daemon's admin endpoint and return its JSON answer."""
+def call_daemon(
+    config: DaemonConfig,
+    path: str,
+    params: dict[str, str],
+    *,
+    method: str = "POST",
+    timeout_s: float = 24 * 3600,
+) -> dict[str, Any]:
+    """Ask the daemon's admin endpoint (POST by default) and return its JSON answer."""
     url = f"{admin_base_url(config)}{path}?{urlencode(params)}"
-    request = urllib.request.Request(url, method="POST")  # noqa: S310 - our own loopback URL
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - our own loopback URL
     if config.admin.token is not None:
         request.add_header("Authorization", f"Bearer {config.admin.token.reveal()}")
     try:
-        with urllib.request.urlopen(request, timeout=24 * 3600) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             result: dict[str, Any] = json.loads(response.read())
             return result
     except urllib.error.HTTPError as exc:
