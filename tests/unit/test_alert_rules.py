@@ -58,3 +58,9 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_entry() -> None:
             assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
             assert rule["annotations"]["summary"], rule["alert"]
             assert f"`{rule['alert']}`" in readme, f"{rule['alert']} missing from README"
+
+
+def test_the_example_scrape_config_is_valid_and_loads_the_rules() -> None:
+    result = promtool("check", "config", str(OBSERVABILITY / "prometheus.example.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
