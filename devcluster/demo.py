@@ -5,10 +5,16 @@
    with TTLs, and a few shared keys updated concurrently from all three (conflicts).
    The service in ap-south uses the failover client, home region ap-south.
 3. ap-south fails: its Redis is killed with SIGKILL. The service there fails over.
-4. ap-south comes back with its data gone. Its daemon sees the gap, the Merkle repair
-   refills it from the peers, its status goes recovering -> repairing -> consistent, and
-   only then does the service fail back.
-5. The repair report is printed, and `reconciler verify` confirms the regions agree.
+4. ap-south comes back with its data gone. Its daemon notices the new instance at once
+   (status recovering), the Merkle repair refills it from the peers, its status becomes
+   consistent, and only then does the service fail back.
+5. The recovery timeline, the repair report and what the service read are printed, and
+   `reconciler verify` confirms the regions agree.
+
+It fails (exit 1) when what it shows is wrong: the client failing back before the
+post-repair `consistent`, a read of an acknowledged payment key coming back empty (other
+than the few the kill took before they were shipped: counted and printed), or the regions
+not agreeing at the end.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import redis
 from devcluster.daemons import DaemonProcess, wait_for, write_config
 from devcluster.kafka_broker import KafkaBroker
 from devcluster.redis_server import RedisServer
+from devcluster.workload import IdempotencyLoad
 
 REGIONS = ("eu-west", "us-east", "ap-south")
 FAILED = "ap-south"
@@ -103,8 +110,58 @@ def run_demo() -> int:
     return 0 if succeeded else 1
 
 
+def _timeline(
+    killed_ms: int,
+    restarting_ms: int,
+    back_ms: int,
+    statuses: list[tuple[int, str]],
+    moves: list[tuple[float, int, str, str]],
+) -> bool:
+    """Print the recovery timeline; False if its order is wrong (a failback before the
+    post-repair `consistent`, or a status other than `recovering` first after the restart)."""
+    after = [(t, s) for t, s in statuses if t >= restarting_ms]
+    failover = next((ms for _, ms, kind, _ in moves if kind == "failover"), None)
+    failback = next((ms for _, ms, kind, to in moves if kind == "failback" and to == FAILED), None)
+    noticed = after[0][0] if after and after[0][1] == "recovering" else None
+    consistent = next((t for t, s in after if s == "consistent"), None)
+    steps = [
+        ("failure (Redis killed)", killed_ms),
+        ("client failed over", failover),
+        ("Redis answering again, empty", back_ms),
+        ("daemon: recovering", noticed),
+        ("daemon: consistent (repair done)", consistent),
+        ("client failed back", failback),
+    ]
+    say("recovery timeline:")
+    previous = killed_ms
+    for name, at in steps:
+        if at is None:
+            say(f"  {name:<34} never")
+            continue
+        say(f"  {name:<34} +{(at - killed_ms) / 1000:6.1f}s  (+{(at - previous) / 1000:.1f}s)")
+        previous = at
+    ok = True
+    if noticed is None:
+        say(f"  WRONG: the daemon's first status after the restart was not recovering: {after}")
+        ok = False
+    if consistent is None or failback is None:
+        say("  WRONG: no post-repair consistent, or no failback")
+        ok = False
+    elif failback < consistent:
+        say("  WRONG: the client failed back before the repair was done")
+        ok = False
+    return ok
+
+
 def _scenario(base: Path) -> bool:
-    from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
+    from reconciler.client import (
+        ClientConfig,
+        CommandOutcomeUnknownError,
+        Event,
+        FailoverClient,
+        PolicyConfig,
+        RegionConfig,
+    )
     from reconciler.consistency.reports import RepairReport
 
     # The client's own log lines say what its listener prints below; keep one of each.
@@ -154,45 +211,64 @@ def _scenario(base: Path) -> bool:
             )
         )
         cleanup.append(app.close)
-        app.router.add_listener(
-            lambda e: say(
-                f"  client: {e.kind} {e.from_region or e.region} -> {e.to_region} ({e.reason})"
-            )
-        )
+        moves: list[tuple[float, int, str, str]] = []  # monotonic, wall ms, kind, to region
+
+        def on_event(e: Event) -> None:
+            if e.kind in ("failover", "failback"):
+                moves.append((time.monotonic(), e.at_ms, e.kind, e.to_region))
+            say(f"  client: {e.kind} {e.from_region or e.region} -> {e.to_region} ({e.reason})")
+
+        app.router.add_listener(on_event)
         services = [Service(r, clients[r], stop, i) for i, r in enumerate(REGIONS) if r != FAILED]
         services.append(Service(FAILED, app, stop, 99))
         for service in services:
             service.start()
+        # Its idempotency keys, written once and read back 3 s later through the client.
+        payments = IdempotencyLoad(
+            app,
+            workers=2,
+            prefix=f"pay:{FAILED}",
+            read_after_s=3.0,
+            max_s=300,
+            region_of=lambda: app.active_region,
+            unknown=CommandOutcomeUnknownError,
+        )
+        payments.__enter__()
+        cleanup.append(payments.stop)
         say("payment services write in all three regions (ap-south via the failover client)")
         time.sleep(5)
         sizes = {r: keyspace(c) for r, c in clients.items()}
         say(f"keys per region while writing: {sizes}")
 
         say(f"FAILURE: {FAILED}'s Redis killed with SIGKILL")
+        killed_at, killed_ms = time.monotonic(), time.time_ns() // 1_000_000
         servers[FAILED].kill9()
+        dead_at = time.monotonic()
         wait_for(lambda: app.active_region != FAILED, 30, "the client to fail over", 0.1)
         say(f"the {FAILED} service now writes to {app.active_region}; the others carry on")
         time.sleep(4)
 
         since = time.time()
         say(f"RECOVERY: {FAILED}'s Redis restarts with its data gone (empty)")
+        restarting_ms = time.time_ns() // 1_000_000
         servers[FAILED].wipe_data()
         servers[FAILED].start()
-        seen: list[str] = []
+        back_ms = time.time_ns() // 1_000_000
+        seen: list[tuple[int, str]] = []  # (wall ms the daemon's status began, status)
 
-        def status_change() -> bool:
-            status = daemons[FAILED].get("/status")["status"]
-            if not seen or seen[-1] != status:
-                seen.append(status)
-                say(f"  {FAILED} daemon status: {status}")
-            return status == "consistent" and len(seen) > 1
+        def watch() -> bool:
+            status = daemons[FAILED].get("/status")
+            if not seen or seen[-1] != (status["since_ms"], status["status"]):
+                seen.append((status["since_ms"], status["status"]))
+                say(f"  {FAILED} daemon status: {status['status']}")
+            return app.active_region == FAILED
 
-        wait_for(status_change, 120, f"{FAILED} to be repaired", 0.05)
-        wait_for(lambda: app.active_region == FAILED, 60, "the client to fail back", 0.1)
+        wait_for(watch, 180, "the client to fail back", 0.05)
         say(f"the {FAILED} service is back on {FAILED}")
-        time.sleep(2)
+        time.sleep(4)  # reads of keys written during the failover, now served at home
 
         stop.set()
+        payments.stop()
         for service in services:
             service.join(10)
         total = sum(s.ops for s in services)
@@ -216,6 +292,42 @@ def _scenario(base: Path) -> bool:
                 say(f"{r} lacks {len(missing)} keys, e.g. {missing[:5]}")
             raise
         say(f"converged: every region holds {keyspace(clients['eu-west'])} keys")
+
+        ok = _timeline(killed_ms, restarting_ms, back_ms, seen, moves)
+        home_again = max((t for t, _, kind, _ in moves if kind == "failback"), default=0.0)
+        verdict = payments.judge_failure(
+            {k.decode() for k in snapshot(clients[FAILED])},
+            killed_at=killed_at,
+            dead_at=dead_at,
+            home_again=home_again,
+            window_s=5.0,
+        )
+        totals = payments.totals()
+        say(
+            f"the {FAILED} service's payment keys: {totals['acked']} written, "
+            f"{totals['reads']} read back 3 s later or more"
+        )
+        say(
+            f"  read back as missing: {len(verdict.violations)} "
+            f"(must be 0: every one would be a payment taken twice)"
+        )
+        say(
+            f"  acknowledged by {FAILED} in the instant before the kill and never shipped, "
+            f"gone with its data (asynchronous replication): {len(verdict.lost_in_window)}"
+        )
+        if verdict.read_before_arrival:
+            say(
+                f"  read on another region during the failover before replication brought "
+                f"them (written in the last seconds before the kill): "
+                f"{len(verdict.read_before_arrival)}"
+            )
+        if verdict.violations:
+            for read in verdict.violations[:5]:
+                say(f"  MISSING: {read.key} read on {read.region}")
+            ok = False
+        if verdict.lost_outside_window:
+            say(f"  LOST earlier than the kill: {verdict.lost_outside_window[:5]}")
+            ok = False
 
         reports = []
         for path in sorted((daemons[FAILED].state_dir / "reports").glob("*.json")):
@@ -256,7 +368,9 @@ def _scenario(base: Path) -> bool:
         print(verify.stdout.strip())
         conflicts = daemons["eu-west"].get("/status")
         say(f"eu-west apply counters: {conflicts['apply']}")
-        return verify.returncode == 0
+        if not ok:
+            say("FAILED: what the demo showed is wrong (see above)")
+        return ok and verify.returncode == 0
     finally:
         stop.set()
         for fn in cleanup:

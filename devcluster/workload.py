@@ -32,6 +32,24 @@ class MissingRead:
     region: str  # the client's active region when the read was sent
 
 
+@dataclass(frozen=True)
+class FailureVerdict:
+    """What the application saw across one failure (see `IdempotencyLoad.judge_failure`)."""
+
+    lost_in_window: list[str]
+    """Acknowledged just before the kill, never shipped: gone with the Redis's data."""
+    lost_outside_window: list[str]
+    """Acknowledged earlier and gone everywhere: a violation."""
+    read_before_arrival: list[MissingRead]
+    """Read elsewhere during the failover before replication brought them: asynchronous."""
+    violations: list[MissingRead]
+    """Reads that came back empty for any other reason: the failure that matters."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.lost_outside_window
+
+
 @dataclass
 class _Worker:
     acked: list[tuple[str, bytes, float]] = field(default_factory=list)  # key, value, at
@@ -162,6 +180,43 @@ class IdempotencyLoad:
             worker.missing.append(MissingRead(key, at, time.monotonic(), region))
         elif got != value:
             worker.wrong.append(key)
+
+    def judge_failure(
+        self,
+        present: set[str],
+        *,
+        killed_at: float,
+        dead_at: float,
+        home_again: float,
+        window_s: float,
+    ) -> FailureVerdict:
+        """Sort out what the application saw across one failure of its home region.
+
+        `present`: the keys every region holds once they converged. `killed_at`/`dead_at`:
+        when the home Redis was killed (the kill was being delivered in between);
+        `home_again`: when the client failed back (monotonic). Keys acknowledged in the
+        `window_s` before the kill may not have reached the other regions yet (replication
+        is asynchronous): lost for good if no region holds them, or read as missing
+        elsewhere before they arrived. Anything else missing is a violation.
+        """
+        acked = self.acked_keys()
+        in_window = {k for k, (_, at) in acked.items() if killed_at - window_s <= at <= dead_at}
+        lost = {k for k in acked if k not in present}
+        in_flight: list[MissingRead] = []
+        violations: list[MissingRead] = []
+        for read in self.missing():
+            if read.key in lost and read.key in in_window:
+                continue
+            if read.key in in_window and killed_at <= read.read_at < home_again:
+                in_flight.append(read)
+            else:
+                violations.append(read)
+        return FailureVerdict(
+            lost_in_window=sorted(lost & in_window),
+            lost_outside_window=sorted(lost - in_window),
+            read_before_arrival=in_flight,
+            violations=violations,
+        )
 
     def __enter__(self) -> IdempotencyLoad:
         for thread in self._threads:
