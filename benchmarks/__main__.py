@@ -15,6 +15,7 @@ NAMES = (
     "client_throughput",
     "replication",
     "antientropy",
+    "mttr",
 )
 
 
