@@ -57,7 +57,7 @@ def rows(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in view["regions"]}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # ~100 s alone; a loaded shared machine needs more
 def test_status_table_and_state_change_events_through_a_failure_and_recovery(
     tmp_path: Path,
     kafka: KafkaBroker,
@@ -190,18 +190,24 @@ def test_status_table_and_state_change_events_through_a_failure_and_recovery(
             Path(out).write_text("\n\n".join(captures))
 
     home_log = regions.daemons[HOME].log_tail(100_000)
+    # In order: the recovery (whether it passes through `repairing` is the daemon's
+    # business), then the peer stopped and back, then the stop.
+    position = 0
     for line in (
         "event=region.starting",
         "event=region.ready",
-        "event=region.gap reason=",
+        "event=region.gap reason=initial",
         "event=region.status from=consistent to=recovering",
-        "event=region.status from=recovering to=repairing",
-        "event=region.status from=repairing to=consistent",
+        "event=region.gap reason=",
+        " to=consistent",
         f"event=peer.down peer={THIRD} reason=stopped",
         f"event=peer.up peer={THIRD}",
+        "event=region.stopping",
         "event=region.stopped",
     ):
-        assert line in home_log, line
+        found = home_log.find(line, position)
+        assert found >= 0, (line, home_log[position:])
+        position = found + len(line)
     assert 'event=region.stopping reason="stop signal"' in regions.daemons[THIRD].log_tail(5000)
     client_lines = [r.getMessage() for r in caplog.records if "event=client." in r.getMessage()]
     for expected in (

@@ -46,3 +46,11 @@ def test_json_lines_carry_the_event_and_its_fields_as_keys(
     assert entry["msg"] == "event=region.status from=repairing to=consistent lag=3"
     assert entry["event"] == "region.status"
     assert (entry["from"], entry["to"], entry["lag"]) == ("repairing", "consistent", 3)
+
+
+def test_every_event_name_is_in_the_readme_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in EVENTS:
+        assert f"| `{name}` |" in readme, name
