@@ -57,7 +57,7 @@ def rows(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in view["regions"]}
 
 
-@pytest.mark.timeout(600)  # ~100 s alone; a loaded shared machine needs more
+@pytest.mark.timeout(300)
 def test_status_table_and_state_change_events_through_a_failure_and_recovery(
     tmp_path: Path,
     kafka: KafkaBroker,
