@@ -34,13 +34,10 @@ import hiredis
 from benchmarks.report import table, write_section
 from devcluster import RedisServer
 from replication.capture.batch import CaptureProtocolError
+from replication.capture.handshake import PsyncReplyParser
+from replication.capture.link import RespLink, pack
 from replication.capture.position import CapturePosition, PositionStore
-from replication.capture.stream import (
-    PsyncReplyParser,
-    ReplicationStreamSource,
-    RespLink,
-    pack,
-)
+from replication.capture.stream import ReplicationStreamSource
 from replication.redis.address import RedisAddress
 
 DEFAULT_TYPES = ("set", "hset", "lpush", "sadd")

@@ -1,6 +1,7 @@
 """Change capture: which keys of the region's Redis changed, in order, with no silent gaps.
 
-Two sources with the same interface (:class:`ChangeSource`):
+Two sources with the same interface (:class:`ChangeSource`), both built on
+:class:`~replication.capture.source.CaptureSource` (lifecycle, reconnects, the batch queue):
 
 * :class:`ReplicationStreamSource` (primary): registers with Redis as a replica (``PSYNC``)
   and tails its replication stream, acknowledging with ``REPLCONF ACK`` only what the

@@ -35,17 +35,14 @@ Policies
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
 from itertools import filterfalse
-from types import TracebackType
+from typing import Unpack
 
 import hiredis
 
-from replication.backoff import Backoff
 from replication.capture.batch import (
     GAP_FLUSH,
     GAP_NOTIFICATIONS_DISCONNECT,
@@ -53,19 +50,12 @@ from replication.capture.batch import (
     CaptureBatch,
     CaptureConnectionError,
     CaptureProtocolError,
-    CaptureStats,
     Gap,
     NotificationsConfigError,
     now_ms,
 )
-from replication.capture.stream import (
-    BatchChannel,
-    RespLink,
-    ServerError,
-    pack,
-    run_together,
-)
-from replication.errors import ReconcilerError
+from replication.capture.link import RespLink, ServerError, pack
+from replication.capture.source import CaptureSource, SourceOptions, run_together
 from replication.model.keys import is_internal
 from replication.redis.address import RedisAddress
 
@@ -98,73 +88,49 @@ def missing_flags(value: str) -> set[str]:
     return set(REQUIRED_FLAGS) - expand_flags(value)
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    FAILED = "failed"
-    STOPPED = "stopped"
+class _Session:
+    """The two connections of one subscription: Pub/Sub, and control (INFO, CONFIG)."""
+
+    def __init__(self, control: RespLink, pubsub: RespLink, counts: dict[str, int]) -> None:
+        self.control = control
+        self.pubsub = pubsub
+        self.counts = counts
+        self.started = time.monotonic()
+
+    async def close(self) -> None:
+        await self.pubsub.close()
+        await self.control.close()
 
 
-class KeyspaceNotificationSource:
+class KeyspaceNotificationSource(CaptureSource[CaptureBatch, _Session]):
     """Keyspace notifications as :class:`CaptureBatch` es (see module doc).
 
     Satisfies :class:`~replication.capture.batch.ChangeSource`.
     """
 
+    kind = "notifications"
+    task_name = "notify"
+    default_read_timeout_s = 30.0
+
     def __init__(
         self,
         address: RedisAddress,
         *,
-        name: str = "notifications",
-        dbs: Iterable[int] = (0,),
         configure: bool = True,
         verify_config: bool = True,
         max_batch_keys: int = 4096,
-        max_pending_batches: int = 8,
-        read_high_water_bytes: int = 4 << 20,
         stats_interval_s: float = 1.0,
-        read_timeout_s: float = 30.0,
-        connect_timeout_s: float = 10.0,
-        healthy_session_s: float = 10.0,
-        backoff: Backoff | None = None,
+        **options: Unpack[SourceOptions],
     ) -> None:
-        self.address = address
-        self.name = name
-        self.dbs = frozenset(dbs)
-        if not self.dbs:
-            raise ValueError("capture needs at least one db")
+        """`configure`: turn notifications on if they are not; `verify_config`: refuse to
+        start if they cannot be checked. The common settings are
+        :class:`~replication.capture.source.SourceOptions`."""
+        super().__init__(address, **options)
         self.configure = configure
         self.verify_config = verify_config
         self.max_batch_keys = max(1, max_batch_keys)
-        self.read_high_water_bytes = read_high_water_bytes
         self.stats_interval_s = stats_interval_s
-        self.read_timeout_s = read_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.healthy_session_s = healthy_session_s
-        self.backoff = backoff or Backoff(base_s=0.05, cap_s=2.0)
-        self.stats = CaptureStats()
-        self._state = _State.NEW
-        self._channel: BatchChannel[CaptureBatch] = BatchChannel(max_pending_batches)
-        self._run_task: asyncio.Task[None] | None = None
         self._channels: dict[bytes, tuple[int, bytes]] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"KeyspaceNotificationSource(name={self.name!r}, address={self.address!r}, "
-            f"dbs={sorted(self.dbs)}, state={self._state.value})"
-        )
-
-    async def __aenter__(self) -> KeyspaceNotificationSource:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Check/enable notifications, subscribe, deliver the connect gap; run in background.
@@ -172,83 +138,24 @@ class KeyspaceNotificationSource:
         Raises :class:`NotificationsConfigError` when notifications are insufficient and
         cannot be enabled, :class:`CaptureConnectionError` when the server is unreachable.
         """
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"{self!r} cannot start twice")
-        self._state = _State.RUNNING
-        try:
-            session = await self._connect()
-        except BaseException:
-            self._state = _State.FAILED
-            self._channel.close(drop=True)
-            raise
-        self._run_task = asyncio.create_task(self._run(session), name=f"{self.name}-notify")
-
-    async def stop(self) -> None:
-        """Unsubscribe (close), end iteration. Safe twice and after a failed start."""
-        if self._state is _State.STOPPED:
-            return
-        self._state = _State.STOPPED
-        if self._run_task is not None:
-            self._run_task.cancel()
-            await asyncio.gather(self._run_task, return_exceptions=True)
-        self._channel.close(drop=True)
-        self.stats.connected = False
-
-    def batches(self) -> AsyncIterator[CaptureBatch]:
-        """Batches in arrival order; ends after stop(), raises a fatal source error."""
-        return _BatchIterator(self)
+        await super().start()
 
     async def ack(self, offset: int | None) -> None:
         """Nothing to acknowledge: notifications cannot be replayed."""
 
     # sessions ------------------------------------------------------------------------------
-    async def _run(self, session: _Session | None) -> None:
-        try:
-            while True:
-                if session is None:
-                    session = await self._reconnect()
-                try:
-                    await run_together(self._read_loop(session), self._poll_loop(session))
-                except (CaptureConnectionError, OSError) as exc:
-                    self.stats.reconnects += 1
-                    log.warning(
-                        "notifications connection lost source=%s endpoint=%s error=%s",
-                        self.name,
-                        self.address,
-                        exc,
-                    )
-                    await self._gap(
-                        GAP_NOTIFICATIONS_DISCONNECT,
-                        f"notification connection lost ({exc}); changes until we are "
-                        "subscribed again are unknown",
-                    )
-                finally:
-                    self.stats.connected = False
-                    await session.close()
-                    if time.monotonic() - session.started >= self.healthy_session_s:
-                        self.backoff.reset()
-                    session = None
-        except ReconcilerError as exc:
-            log.error("notifications stopped source=%s error=%s", self.name, exc)  # noqa: TRY400
-            self._channel.close(exc)
-        except Exception as exc:
-            log.exception("notifications failed source=%s", self.name)
-            self._channel.close(exc)
-            raise
+    async def _serve(self, session: _Session) -> None:
+        await run_together(self._read_loop(session), self._poll_loop(session))
 
-    async def _reconnect(self) -> _Session:
-        while True:
-            delay = await self.backoff.sleep()
-            try:
-                return await self._connect()
-            except (CaptureConnectionError, OSError) as exc:
-                log.warning(
-                    "notifications reconnect failed source=%s endpoint=%s after_s=%.2f error=%s",
-                    self.name,
-                    self.address,
-                    delay,
-                    exc,
-                )
+    async def _lost(self, exc: Exception) -> None:
+        await self._gap(
+            GAP_NOTIFICATIONS_DISCONNECT,
+            f"notification connection lost ({exc}); changes until we are "
+            "subscribed again are unknown",
+        )
+
+    def _taken(self, item: CaptureBatch) -> CaptureBatch:
+        return item
 
     async def _open(self) -> RespLink:
         link = await RespLink.open(
@@ -497,38 +404,3 @@ class KeyspaceNotificationSource:
 
     async def _put(self, batch: CaptureBatch) -> None:
         await self._channel.put(batch)
-
-    async def _next_batch(self) -> CaptureBatch | None:
-        batch = await self._channel.get()
-        if batch is not None:
-            self.stats.batches += 1
-            self.stats.keys += batch.key_count
-        return batch
-
-
-class _Session:
-    """The two connections of one subscription: Pub/Sub, and control (INFO, CONFIG)."""
-
-    def __init__(self, control: RespLink, pubsub: RespLink, counts: dict[str, int]) -> None:
-        self.control = control
-        self.pubsub = pubsub
-        self.counts = counts
-        self.started = time.monotonic()
-
-    async def close(self) -> None:
-        await self.pubsub.close()
-        await self.control.close()
-
-
-class _BatchIterator:
-    def __init__(self, source: KeyspaceNotificationSource) -> None:
-        self._source = source
-
-    def __aiter__(self) -> _BatchIterator:
-        return self
-
-    async def __anext__(self) -> CaptureBatch:
-        batch = await self._source._next_batch()
-        if batch is None:
-            raise StopAsyncIteration
-        return batch

@@ -6,7 +6,7 @@ import pytest
 
 from devcluster import RedisServer
 from replication.capture.commands import KeyTable
-from replication.capture.stream import RespLink, pack
+from replication.capture.link import RespLink, pack
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication.capture.batch import CaptureConnectionError, CaptureProtocolError
+from replication.capture.handshake import PsyncReplyParser
+from replication.capture.link import ServerError
 from replication.capture.notifications import REQUIRED_FLAGS, missing_flags
-from replication.capture.stream import (
-    BatchChannel,
-    PsyncReplyParser,
-    ServerError,
-)
+from replication.capture.source import BatchChannel
 from replication.redis.address import RedisAddress
 
 REPLID = "8b090c1d5f6e0643d6d9f3419776ca404fa00a57"

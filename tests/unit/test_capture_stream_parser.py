@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from replication.capture.batch import CaptureBatch, CaptureProtocolError
 from replication.capture.commands import KeyTable
-from replication.capture.stream import StreamParser, command_size
+from replication.capture.parser import StreamParser, command_size
 from tests.unit.test_capture_commands import RECORDED_COMMAND_REPLY
 
 TABLE = KeyTable.from_command_reply(RECORDED_COMMAND_REPLY)
