@@ -16,7 +16,14 @@ class ReconcilerError(Exception):
 
 
 class DecodeError(ReconcilerError):
-    """Bytes from the wire (Kafka, a control message) that are not a valid message."""
+    """Bytes from the wire (Kafka, a control message) that are not a valid message.
+
+    `reason` is a short fixed code for metrics labels and dead-letter headers ("malformed",
+    "undecodable", "clock-range", ...); the message says what exactly was wrong."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnsupportedTypeError(ReconcilerError):

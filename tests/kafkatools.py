@@ -39,11 +39,18 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
         await admin.close()
 
 
-async def produce_raw(bootstrap: str, topic: str, payload: bytes, partition: int = 0) -> None:
+async def produce_raw(
+    bootstrap: str,
+    topic: str,
+    payload: bytes,
+    partition: int = 0,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """One record as anyone with write access to the topic could produce it."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, payload, partition=partition)
+        await producer.send_and_wait(topic, payload, partition=partition, headers=headers)
     finally:
         await producer.stop()
 

@@ -13,12 +13,23 @@ from typing import Any
 import redis
 
 from devcluster import KafkaBroker
-from devcluster.daemons import DaemonProcess, wait_for, write_config
+from devcluster.daemons import DaemonProcess, keyring_of, wait_for, write_config
 from tests.servers import RedisFactory, track
 
 REGIONS = ("eu-west", "us-east", "ap-south")
 
 State = tuple[str, Any, int]  # type, value, absolute expiry ms (0 none)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus exposition (0.0 if absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            return float(value)
+    return 0.0
 
 
 def key_state(client: redis.Redis, key: bytes) -> State | None:
@@ -92,6 +103,8 @@ class Regions:
             daemon = DaemonProcess(name, config)
             track(daemon)
             self.daemons[name] = daemon
+        # Every region's keys: to read what the daemons put on the wire, or to sign as one.
+        self.keyring = keyring_of(base / "configs")
 
     def start(self) -> None:
         for daemon in self.daemons.values():

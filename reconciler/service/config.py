@@ -200,6 +200,9 @@ class CaptureSection:
 @dataclass(frozen=True)
 class ApplySection:
     max_records_per_poll: int = setting(500, ge=1)
+    transient_retry_s: float = setting(30.0, ge=0)
+    """How long events Redis refuses with an error that may pass (OOM, LOADING, BUSY) are
+    retried before they are given up to a gap, which repairs them from the peers."""
 
     def __post_init__(self) -> None:
         check_fields(self)

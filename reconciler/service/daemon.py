@@ -64,6 +64,7 @@ from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
 from replication.capture.versioner import Versioner
 from replication.errors import ReconcilerError, exception_leaves
+from replication.model.admission import Admission
 from replication.model.hlc import HybridClock
 from replication.pipeline.applier import Applier, ApplyReport
 from replication.pipeline.inbound import Inbound
@@ -131,12 +132,26 @@ class Daemon:
         address = config.redis.address(config.redis.dbs[0])
         self.versioner = Versioner(address, self.region, self.clock)
         self.applier = Applier(address, self.region, self.clock, frozenset(config.retired_regions))
-        self.producer = ChangeProducer(kafka, self.region)
+        self.producer = ChangeProducer(kafka, self.signer)
         self.publisher = Publisher(self.versioner, self.producer, self.index)
         self.dead_letters = DeadLetters(
-            lambda: self.producer.kafka, kafka.topic_prefix, self.region
+            lambda: self.producer.kafka,
+            kafka.topic_prefix,
+            self.signer,
+            max_message_bytes=kafka.max_message_bytes,
         )
-        self.consumer = ChangeConsumer(kafka, self.region, list(config.peers), self.dead_letters)
+        self.consumer = ChangeConsumer(
+            kafka,
+            Admission(
+                self.region,
+                frozenset(config.peers),
+                frozenset(config.retired_regions),
+                frozenset(config.redis.dbs),
+            ),
+            self.keyring,
+            self.dead_letters,
+            max_drift_ms=config.clock.max_drift_ms,
+        )
         self.control = ControlChannel(kafka, self.region, lambda: self.producer.kafka)
         self.peers = Peers(
             self.region,
@@ -187,7 +202,9 @@ class Daemon:
             self.publisher,
             self.dead_letters,
             on_applied=self._on_applied,
+            on_gap=self._on_gap,
             max_records=config.apply.max_records_per_poll,
+            transient_retry_s=config.apply.transient_retry_s,
         )
         self.collector = DaemonCollector(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)

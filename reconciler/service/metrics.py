@@ -90,12 +90,41 @@ class DaemonCollector(Collector):
             ("conflict_remote_won", inb.remote_won),
             ("conflict_local_won", inb.local_won),
             ("rejected", inb.rejected),
+            ("superseded", inb.superseded),
+            ("given_up_to_gap", inb.given_up),
         ):
             outcomes.add_metric([region, outcome], n)
         yield outcomes
         yield self._stages()
         yield counter("apply_deferred", "Applies deferred behind a local write", inb.deferred)
-        yield counter("deadletters", "Messages sent to the dead-letter topic", d.dead_letters.count)
+        yield counter("apply_retried", "Event applies retried after a transient error", inb.retried)
+        # Alert on this one: a peer whose clock runs ahead, or forged timestamps.
+        yield counter(
+            "apply_quarantined",
+            "Remote events refused for a clock beyond clock.max_drift_ms",
+            d.consumer.quarantined,
+        )
+        yield counter(
+            "rejected_records",
+            "Records refused as a whole (signature, source, decoding)",
+            d.consumer.rejected_records,
+        )
+        letters = CounterMetricFamily(
+            P + "deadletters",
+            "Records and events sent to the dead-letter topic, by reason",
+            labels=["region", "reason"],
+        )
+        for reason, n in sorted(d.dead_letters.by_reason.items()):
+            letters.add_metric([region, reason], n)
+        yield letters
+        yield counter(
+            "deadletters_failed", "Dead letters Kafka did not take", d.dead_letters.failed
+        )
+        yield counter(
+            "clock_refused",
+            "Local versions refused for a clock entry at MAX_CLOCK_ENTRY",
+            d.versioner.clock_refused_total + d.producer.clock_refused,
+        )
         yield counter("kafka_records_sent", "Change records produced", d.producer.records_sent)
         yield counter("kafka_resends", "Records re-sent after a failure", d.producer.resends)
 

@@ -64,6 +64,9 @@ class VersionReport:
     reshipped: int = 0
     echoes: int = 0  # keys touched whose state matched their metadata
     unsupported: list[tuple[int, bytes, str]] = field(default_factory=list)
+    # Keys whose clock is at the top of its range (MAX_CLOCK_ENTRY): not versioned, not
+    # shipped; their metadata needs an operator (README, security).
+    refused: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class Versioner:
@@ -75,6 +78,7 @@ class Versioner:
         self.clock = clock
         self._conns = LibraryConnections(address)
         self.unsupported_total = 0
+        self.clock_refused_total = 0
 
     async def start(self) -> None:
         await self._conns.get(self.address.db)
@@ -145,6 +149,17 @@ class Versioner:
             for key, result in zip(group, parse_version_many_reply(reply, db, group), strict=True):
                 if result.status is VersionStatus.NOTHING:
                     report.echoes += 1
+                elif result.status is VersionStatus.CLOCK_REFUSED:
+                    self.clock_refused_total += 1
+                    report.refused.append((db, key))
+                    log.error(
+                        "a key in db %d cannot be versioned: %s, past the clock limit "
+                        "MAX_CLOCK_ENTRY; its write is not shipped. Its metadata carries a "
+                        "forged or corrupt clock: see README, security (key logged at debug)",
+                        db,
+                        result.refused,
+                    )
+                    log.debug("clock refused: db=%d key=%r", db, key)
                 elif result.status is VersionStatus.UNSUPPORTED:
                     self.unsupported_total += 1
                     report.unsupported.append((db, key, result.unsupported_type))

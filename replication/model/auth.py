@@ -64,8 +64,7 @@ class AuthError(DecodeError):
     """A record that fails authentication. `reason` is a short fixed code (metrics label)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,13 @@ def logical(ts: int) -> int:
     return ts & LOGICAL_MASK
 
 
+def ceiling(max_drift_ms: int, wall: int | None = None) -> int:
+    """The largest timestamp a remote region may hand us: `max_drift_ms` ahead of our wall
+    clock (`wall`, default now). Beyond it the clock is not followed (`observe`) and an
+    event carrying it is quarantined, never applied (replication.model.admission)."""
+    return pack((wall_ms() if wall is None else wall) + max_drift_ms, LOGICAL_MASK)
+
+
 class HybridClock:
     """A monotonic hybrid logical clock for one region's daemon.
 
@@ -70,13 +77,17 @@ class HybridClock:
         self._last = candidate if candidate > self._last else self._last + 1
         return self._last
 
+    def ceiling(self) -> int:
+        """The largest remote timestamp this clock follows now (see `ceiling()`)."""
+        return ceiling(self.max_drift_ms, self._wall())
+
     def observe(self, remote: int) -> int:
         """Merge a remote timestamp (HLC receive rule): the result is above it and above
         everything this clock handed out before."""
-        ceiling = pack(self._wall() + self.max_drift_ms, LOGICAL_MASK)
-        if remote > ceiling:
+        top = ceiling(self.max_drift_ms, self._wall())
+        if remote > top:
             self.skew_events += 1
-            remote = ceiling
+            remote = top
         local_wall = pack(self._wall())
         self._last = max(local_wall, remote + 1, self._last + 1)
         return self._last

@@ -17,6 +17,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Mapping
 
+# The largest clock entry anything accepts or produces: the decoder refuses entries above
+# it, the encoder will not ship them, and the Lua library's tick refuses to go past it (the
+# library gets this very number at load time, replication/redis/library.py). It sits 2**32
+# below 2**53 so that Lua's doubles still add and compare every entry exactly, and it
+# stays above any honest hybrid timestamp until the 2090s (replication.model.hlc).
+MAX_CLOCK_ENTRY = (1 << 53) - (1 << 32)
+
 
 class Order(enum.Enum):
     """How clock `a` relates to clock `b` in `a.compare(b)`."""
@@ -55,6 +62,10 @@ class VectorClock(Mapping[str, int]):
 
     def get_count(self, region: str) -> int:
         return self._entries.get(region, 0)
+
+    def top(self) -> int:
+        """The largest entry (0 for an empty clock)."""
+        return max(self._entries.values(), default=0)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, VectorClock):

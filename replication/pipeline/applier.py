@@ -20,6 +20,7 @@ from replication.model.hlc import HybridClock
 from replication.model.metadata import decode_meta
 from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
+from replication.redis.errors import is_retriable
 from replication.redis.library import (
     ApplyResult,
     apply_many_command,
@@ -27,7 +28,6 @@ from replication.redis.library import (
     is_missing_function,
     parse_apply_many_reply,
 )
-from replication.redis.resp import RedisCommandError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ class DigestChange:
     new: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event this Redis will never take as it is: dead-lettered, not retried."""
+
+    event: ChangeEvent
+    reason: str  # a short fixed code (metrics label)
+    message: str
+
+
 @dataclass(slots=True)
 class ApplyReport:
     applied: int = 0
@@ -52,7 +61,10 @@ class ApplyReport:
     remote_won: int = 0
     local_won: int = 0
     deferred: list[ChangeEvent] = field(default_factory=list)
-    rejected: list[tuple[ChangeEvent, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    # Events Redis answered with an error that may pass (OOM, LOADING, BUSY, or one we do
+    # not know): the caller retries them, and records a gap if they keep failing.
+    failed: list[tuple[ChangeEvent, str]] = field(default_factory=list)
     conflicts: list[ConflictRecord] = field(default_factory=list)
     digest_changes: list[DigestChange] = field(default_factory=list)
 
@@ -63,6 +75,7 @@ class ApplyReport:
         self.local_won += other.local_won
         self.deferred += other.deferred
         self.rejected += other.rejected
+        self.failed += other.failed
         self.conflicts += other.conflicts
         self.digest_changes += other.digest_changes
 
@@ -125,13 +138,16 @@ class Applier:
         now = time.time_ns() // 1_000_000
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, hiredis.ReplyError):
-                if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
-                    # Refused as a whole (OOM is checked before a script runs; the writes
-                    # delete first, so a WRONGTYPE cannot stop one halfway): apply the group
-                    # one event per call to tell the refused events apart.
-                    await self._apply_one_by_one(db, group, source, report, now)
+                if is_retriable(reply):
+                    # Redis refuses every write alike (OOM is checked before a script
+                    # runs; LOADING, BUSY): the whole group waits for a retry.
+                    report.failed += [(event, str(reply)) for event in group]
                     continue
-                raise RedisCommandError(f"applying events in db {db} failed: {reply}", reply)
+                # Refused as a whole (the writes delete first, so a WRONGTYPE cannot stop
+                # one halfway): apply the group one event per call to tell the refused
+                # events apart from the others.
+                await self._apply_one_by_one(db, group, source, report, now)
+                continue
             for event, result in zip(group, parse_apply_many_reply(reply, len(group)), strict=True):
                 self._account(event, result, source, now, report)
 
@@ -144,10 +160,16 @@ class Applier:
         )
         for event, reply in zip(events, replies, strict=True):
             if isinstance(reply, hiredis.ReplyError):
-                if "WRONGTYPE" in str(reply) or "OOM" in str(reply):
-                    report.rejected.append((event, f"redis refused the write: {reply}"))
-                    continue
-                raise RedisCommandError(f"applying an event in db {db} failed: {reply}", reply)
+                text = str(reply)
+                if text.startswith("WRONGTYPE"):
+                    # Something not ours holds the metadata hash's name: this write can
+                    # never land; every other key still can.
+                    report.rejected.append(
+                        Rejection(event, "redis-refused", f"redis refused the write: {text}")
+                    )
+                else:
+                    report.failed.append((event, text))
+                continue
             (result,) = parse_apply_many_reply(reply, 1)
             self._account(event, result, source, now, report)
 
@@ -167,12 +189,15 @@ class Applier:
             report.deferred.append(event)
             return
         if outcome == "bad-digest":
-            report.rejected.append((event, "digest does not match the value"))
+            report.rejected.append(
+                Rejection(event, "bad-digest", "digest does not match the value")
+            )
             return
         if outcome == "unsupported-local":
             report.rejected.append(
-                (
+                Rejection(
                     event,
+                    "unsupported-local",
                     "the key holds a type that is not replicated here (a stream or a "
                     "module type); the remote write was not applied",
                 )

@@ -1,33 +1,54 @@
 """Inbound: peers' change topics applied to the local Redis, then offsets committed.
 
-A `deferred` event means the key holds a local write the capture has not versioned yet. We
-version those keys here (shipping the local write, so it is never lost) and apply again:
-now it is an ordinary, recorded conflict, resolved by the rule.
+What the applier answers decides what happens to each event, one by one (one event's
+fate never decides another's):
+
+- applied, stale, a conflict either way: done.
+- refused for good (a bad digest, a type not replicated here, WRONGTYPE): a dead letter
+  with the reason, counted; the rest goes on.
+- an error that may pass (OOM, LOADING, BUSY, or one we do not know): retried with capped
+  backoff for `transient_retry_s`; if it still fails, those events are given up to a gap
+  (`on_gap`: the daemon's recovery repairs them from the peers once Redis takes writes
+  again) and the consumer moves on. Until Redis takes a write again, further failures are
+  given up to the same gap at once instead of waiting each out.
+- deferred (the key holds a local write the capture has not versioned yet): we version
+  those keys here (shipping the local write, so it is never lost) and apply again, now an
+  ordinary conflict resolved by the rule. A key written so often that a local write lands
+  between every versioning and the next apply is given up after `MAX_DEFER_ROUNDS`:
+  the remote version is *superseded*. That loses nothing: applying it observed its
+  timestamp, so every local version made since has a larger one and wins the conflict
+  against it in every region anyway. So a hot key never holds up the other keys.
+
+A stop during the retries leaves the poll uncommitted: it is applied again after the
+restart (applying is idempotent), never skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff, retrying
+from replication.capture.batch import Gap
 from replication.latency import PEER_STAGES, StageLatency
 from replication.model.event import ChangeEvent
-from replication.model.wire import encode_batch
-from replication.pipeline.applier import Applier, ApplyReport
+from replication.model.wire import pack_event
+from replication.pipeline.applier import Applier, ApplyReport, Rejection
 from replication.pipeline.publisher import Publisher
 from replication.transport.consumer import ChangeConsumer, Incoming
 from replication.transport.deadletter import DeadLetters
 
 log = logging.getLogger(__name__)
 
-MAX_DEFER_ROUNDS = 20
+MAX_DEFER_ROUNDS = 3
+GAP_REASON = "apply-failed"
 # Offsets are committed at most this often, not after every poll: a commit is a round trip
 # to the group coordinator on the apply loop, and what it protects against (re-applying a
 # few records after a crash) is harmless, as applying is idempotent by clocks.
@@ -45,6 +66,13 @@ class InboundStats:
     deferred: int = 0
     rejected: int = 0
     commits: int = 0
+    superseded: int = 0  # deferred events given up to the local writes racing them
+    retried: int = 0  # event applies retried after an error that may pass
+    given_up: int = 0  # events given up to a gap after those retries
+
+
+class _InterruptedError(Exception):
+    """A stop arrived while events were waiting for a retry: leave the poll uncommitted."""
 
 
 class Inbound:
@@ -56,17 +84,25 @@ class Inbound:
         dead_letters: DeadLetters,
         *,
         on_applied: Callable[[ApplyReport], None],
+        on_gap: Callable[[Gap], Awaitable[None]],
         max_records: int = 500,
+        transient_retry_s: float = 30.0,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
         self.publisher = publisher
         self.dead_letters = dead_letters
         self.on_applied = on_applied
+        self.on_gap = on_gap
         self.max_records = max_records
+        self.transient_retry_s = transient_retry_s
         self.stats = InboundStats()
         self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
+        # A gap was recorded for events Redis kept refusing, and Redis has not taken a
+        # write since: give further refusals to that gap at once.
+        self._degraded = False
+        self._given_up_since_gap = False
 
     def stop(self) -> None:
         """Ask `run()` to return after applying and committing what it holds."""
@@ -80,7 +116,13 @@ class Inbound:
             incoming = await self.consumer.poll(timeout_ms=200, max_records=self.max_records)
             self.stats.polls += 1
             if incoming:
-                await self.process(incoming)
+                try:
+                    await self.process(incoming)
+                except _InterruptedError:
+                    # Nothing is committed: this poll (and any not committed yet) is
+                    # applied again after the restart, idempotently, never skipped.
+                    log.info("stopping with events still to retry: not committing")
+                    return
                 uncommitted = True
             self.consumer.mark_applied()  # skipped and dead-lettered records count as done
             if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
@@ -110,17 +152,13 @@ class Inbound:
         """Apply a poll's batches; returns the combined report."""
         total = ApplyReport()
         for item in incoming:
-            report = await retrying(
-                partial(self.applier.apply, item.batch.events, item.batch.source),
-                what="applying a batch",
-            )
-            if report.deferred:
-                await self._settle_deferred(report, item.batch.source)
-            for event, reason in report.rejected:
-                payload = encode_batch(item.batch.source, [event])
+            report = await self._apply_record(item.batch.events, item.batch.source)
+            for rejection in report.rejected:
                 await self.dead_letters.send(
-                    payload,
-                    reason,
+                    pack_event(rejection.event),
+                    rejection.message,
+                    code=rejection.reason,
+                    unit="event",
                     topic=item.topic,
                     partition=item.partition,
                     offset=item.offset,
@@ -152,26 +190,126 @@ class Inbound:
         lat.observe("consumed_to_applied", time.monotonic() - item.consumed_at, n)
         lat.observe("produced_to_applied", (now_wall_ms - item.produced_ms) / 1000, n)
 
-    async def _settle_deferred(self, report: ApplyReport, source: str) -> None:
-        backoff = Backoff(base_s=0.01, cap_s=1.0)
-        pending: list[ChangeEvent] = report.deferred
-        report.deferred = []
-        rounds = 0
-        while pending:
-            rounds += 1
-            self.stats.deferred += len(pending)
-            keys: dict[int, set[bytes]] = {}
-            for event in pending:
-                keys.setdefault(event.db, set()).add(event.key)
-            local = await self.publisher.publish(keys, retry="versioning deferred keys")
-            await local.wait()
-            retry = await retrying(
-                partial(self.applier.apply, pending, source), what="re-applying deferred events"
+    async def _apply(self, events: Sequence[ChangeEvent], source: str) -> ApplyReport:
+        # Redis unreachable (restarting): wait for it; these events cannot be skipped.
+        return await retrying(partial(self.applier.apply, events, source), what="applying")
+
+    async def _apply_record(self, events: Sequence[ChangeEvent], source: str) -> ApplyReport:
+        """Apply one record's events until each has an outcome (see the module doc)."""
+        total = ApplyReport()
+        step = await self._apply(events, source)
+        defer_rounds = 0
+        failing_since: float | None = None
+        backoff = Backoff(base_s=0.1, cap_s=5.0)
+        while True:
+            if _executed(step):
+                await self._taking_writes()
+            deferred, failed = step.deferred, step.failed
+            step.deferred, step.failed = [], []
+            total.merge(step)
+            again: list[ChangeEvent] = []
+            if deferred:
+                defer_rounds += 1
+                again += await self._settle_deferred(deferred, defer_rounds, total)
+            if failed:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                budget = 0.0 if self._degraded else self.transient_retry_s
+                if now - failing_since >= budget:
+                    await self._give_up(failed)
+                else:
+                    self.stats.retried += len(failed)
+                    log.warning("redis refused %d events (%s); retrying", len(failed), failed[0][1])
+                    await self._pause(backoff.next_delay())
+                    again += [event for event, _ in failed]
+            if not again:
+                return total
+            step = await self._apply(again, source)
+
+    async def _settle_deferred(
+        self, deferred: list[ChangeEvent], rounds: int, report: ApplyReport
+    ) -> list[ChangeEvent]:
+        """Ship the local writes that hold `deferred` back; returns what to apply again."""
+        self.stats.deferred += len(deferred)
+        if rounds > MAX_DEFER_ROUNDS:
+            # Local writes keep landing between our versioning and our apply: they win
+            # against these remote versions anyway (module doc). Do not hold the others up.
+            self.stats.superseded += len(deferred)
+            log.info(
+                "%d remote events superseded by local writes that kept racing them",
+                len(deferred),
             )
-            pending = retry.deferred
-            retry.deferred = []
-            report.merge(retry)
-            if pending and rounds >= MAX_DEFER_ROUNDS:
-                # Local writes keep racing these keys; never drop, just slow down.
-                log.warning("still deferred after %d rounds: %d events", rounds, len(pending))
-                await backoff.sleep()
+            return []
+        keys: dict[int, set[bytes]] = {}
+        for event in deferred:
+            keys.setdefault(event.db, set()).add(event.key)
+        local = await self.publisher.publish(keys, retry="versioning deferred keys")
+        await local.wait()
+        refused = set(local.report.refused)
+        if not refused:
+            return deferred
+        # Keys whose clock is at the top of its range cannot be versioned, so they would
+        # stay deferred for good (the versioner logged why): these events are dead letters.
+        for event in deferred:
+            if (event.db, event.key) in refused:
+                report.rejected.append(
+                    Rejection(
+                        event,
+                        "local-clock-range",
+                        "the local key cannot be versioned (its clock is at "
+                        "MAX_CLOCK_ENTRY), so this remote write cannot be applied over it",
+                    )
+                )
+        return [e for e in deferred if (e.db, e.key) not in refused]
+
+    async def _taking_writes(self) -> None:
+        """Redis executed a write again after refusing them."""
+        if not self._degraded:
+            return
+        self._degraded = False
+        if self._given_up_since_gap:
+            self._given_up_since_gap = False
+            # Events given up to the last gap after its recovery may have started: one
+            # more gap, whose recovery starts after them, covers them.
+            await self.on_gap(
+                Gap(
+                    GAP_REASON,
+                    "remote events given up while redis refused writes",
+                    time.time_ns() // 1_000_000,
+                )
+            )
+
+    async def _give_up(self, failed: list[tuple[ChangeEvent, str]]) -> None:
+        """Events Redis keeps refusing: a gap, which the daemon's recovery repairs."""
+        self.stats.given_up += len(failed)
+        detail = (
+            f"redis kept refusing {len(failed)} remote events for {self.transient_retry_s:g}s "
+            f"(last error: {failed[-1][1][:200]}); they are repaired from the peers"
+        )
+        if self._degraded:
+            self._given_up_since_gap = True
+            log.warning("%s (same gap)", detail)
+            return
+        self._degraded = True
+        log.error("%s", detail)
+        await self.on_gap(Gap(GAP_REASON, detail, time.time_ns() // 1_000_000))
+
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep before a retry; a stop cuts it short and leaves the poll uncommitted."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        if self._stopping.is_set():
+            raise _InterruptedError
+
+
+def _executed(report: ApplyReport) -> bool:
+    """Whether Redis executed any of a report's events (any outcome but an error reply)."""
+    return bool(
+        report.applied
+        or report.stale
+        or report.remote_won
+        or report.local_won
+        or report.deferred
+        or report.rejected
+        or report.conflicts
+    )

@@ -10,9 +10,12 @@ Two properties per code:
 
 * ``retriable``: the server says it will serve the same command by itself soon (it is
   loading its dataset, running a long script, waiting for its master or its cluster).
-  The daemon retries these with backoff. ``READONLY`` and ``OOM`` are not: a daemon
-  pointed at a replica, or writing into a full Redis, needs an operator, so it stops and
-  names the error (systemd restarts it).
+  The daemon retries these with backoff. ``OOM`` is one: a full Redis under noeviction
+  refuses writes until memory is freed (by expiries, the application, an operator), and a
+  daemon that exited would come back to the same wall; it waits instead (its applier gives
+  the remote writes it keeps refusing to a gap, repaired once memory is back: see
+  replication.pipeline.inbound). ``READONLY`` is not: a daemon pointed at a replica needs
+  an operator, so it stops and names the error (systemd restarts it).
 * ``unavailable``: the server is in no state to serve commands at all: a failure of the
   region, not of the request. The failover client counts these against the region's health.
 
@@ -49,7 +52,7 @@ _TABLE = (
     ErrorCode("NOMASTERLINK", True, False, "a replica asked to sync while its master is down"),
     ErrorCode("CLUSTERDOWN", True, True, "the cluster cannot serve this slot now"),
     ErrorCode("READONLY", False, True, "a replica: writes are refused (failed over?)"),
-    ErrorCode("OOM", False, True, "maxmemory reached under noeviction: writes are refused"),
+    ErrorCode("OOM", True, True, "maxmemory reached under noeviction: writes are refused"),
     ErrorCode("NOSCRIPT", False, False, "EVALSHA of a script the server does not hold"),
     ErrorCode("NOAUTH", False, False, "authentication required"),
     ErrorCode("WRONGPASS", False, False, "wrong user name or password"),

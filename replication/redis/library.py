@@ -23,7 +23,7 @@ from replication.model.keys import meta_key
 from replication.model.metadata import decode_meta
 from replication.model.slots import key_slot
 from replication.model.value import Kind, Value
-from replication.model.vclock import VectorClock
+from replication.model.vclock import MAX_CLOCK_ENTRY, VectorClock
 from replication.redis.resp import RespConnection
 
 
@@ -31,6 +31,8 @@ from replication.redis.resp import RespConnection
 def library_source() -> tuple[str, str]:
     """(source with its version filled in, version)."""
     text = files("replication.redis").joinpath("lua/reconciler.lua").read_text()
+    # One bound for Python and Lua: the library gets the very constant the decoder uses.
+    text = text.replace("__MAX_CLOCK_ENTRY__", str(MAX_CLOCK_ENTRY))
     version = hashlib.sha256(text.encode()).hexdigest()[:16]
     return text.replace("__LIB_VERSION__", version), version
 
@@ -164,6 +166,7 @@ class VersionStatus(enum.IntEnum):
     NEW = 1  # a new local version: ship it
     RESHIP = 2  # replay after a restart: a version of ours that may not have been shipped
     UNSUPPORTED = 3  # a type we do not replicate
+    CLOCK_REFUSED = 4  # the tick would pass MAX_CLOCK_ENTRY: nothing written, not shipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +175,18 @@ class VersionResult:
     event: ChangeEvent | None = None
     old_digest: bytes = b""  # the digest the key had before (b"" if none / a tombstone)
     unsupported_type: str = ""
+    refused: str = ""  # for CLOCK_REFUSED: which entry, and what it would have become
 
 
 _NOTHING = VersionResult(VersionStatus.NOTHING)
+
+
+def _clock_refused(region: bytes, entry: bytes) -> VersionResult:
+    return VersionResult(
+        VersionStatus.CLOCK_REFUSED,
+        refused=f"the entry of {region.decode(errors='replace')} would become "
+        f"{entry.decode(errors='replace')}",
+    )
 
 
 def parse_version_reply(reply: list[Any], db: int, key: bytes) -> VersionResult:
@@ -184,6 +196,8 @@ def parse_version_reply(reply: list[Any], db: int, key: bytes) -> VersionResult:
         return VersionResult(status)
     if status is VersionStatus.UNSUPPORTED:
         return VersionResult(status, unsupported_type=reply[1].decode())
+    if status is VersionStatus.CLOCK_REFUSED:
+        return _clock_refused(reply[1], reply[2])
     _, kind_name, raw_value, expire_at, digest, flat_clock, origin, old_digest = reply
     kind = Kind.from_redis(kind_name)
     event = ChangeEvent(
@@ -216,6 +230,10 @@ def parse_version_many_reply(
                 VersionResult(VersionStatus.UNSUPPORTED, None, b"", reply[i + 1].decode())
             )
             i += 2
+            continue
+        if code == 4:
+            results.append(_clock_refused(reply[i + 1], reply[i + 2]))
+            i += 3
             continue
         kind_name, raw_value, meta_raw, old_digest = reply[i + 1 : i + 5]
         i += 5

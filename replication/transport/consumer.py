@@ -1,8 +1,14 @@
 """The change consumer: every peer's change topic, in one consumer group per region.
 
 Offsets are committed manually, after the events of a poll have been applied
-(at-least-once; applying is idempotent by clocks). A record that cannot be decoded, or
-claims to come from another region than its topic's, is a dead letter.
+(at-least-once; applying is idempotent by clocks).
+
+Every record is verified before anything in it is read: signed by a key of the region
+whose topic it is on, claiming that region as its source (replication.model.wire). One
+that fails is a dead letter as a whole. Each event of a verified record is then admitted
+or not (replication.model.admission: origin, clock regions, clock drift, database); an
+event that is not is a dead letter on its own, and the rest of its record goes on.
+Nothing here raises for bad input: the consumer always moves on.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from replication.errors import DecodeError
+from replication.model.admission import QUARANTINE_REASON, Admission
+from replication.model.auth import Keyring
+from replication.model.event import ChangeEvent
+from replication.model.hlc import ceiling
 from replication.model.keys import changes_topic
-from replication.model.wire import EventBatch, decode_batch
+from replication.model.wire import EventBatch, decode_batch, pack_event
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import TARGET_HEADER
 from replication.transport.settings import KafkaSettings
@@ -40,21 +50,28 @@ class ChangeConsumer:
     def __init__(
         self,
         settings: KafkaSettings,
-        region: str,
-        peers: list[str],
+        admission: Admission,
+        keyring: Keyring,
         dead_letters: DeadLetters,
         *,
+        max_drift_ms: int = 60_000,
         group_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self.region = region
+        self.admission = admission
+        self.keyring = keyring
+        self.max_drift_ms = max_drift_ms
+        self.region = region = admission.region
         self.dead_letters = dead_letters
-        self.topics = {changes_topic(settings.topic_prefix, p): p for p in peers}
+        self.topics = {changes_topic(settings.topic_prefix, p): p for p in sorted(admission.peers)}
         self.group_id = group_id or f"{settings.topic_prefix}.applier.{region}"
         self._consumer: AIOKafkaConsumer | None = None
         self.records = 0
         self.events = 0
         self.skipped = 0  # records targeted at another region
+        self.rejected_records = 0  # failed as a whole (signature, source, decoding)
+        self.rejected_events = 0  # refused one by one (malformed, not admitted)
+        self.quarantined = 0  # of those: clocks too far ahead (alert on this)
         # Offset after the last record handed out by poll() / after the last one applied.
         self._polled: dict[TopicPartition, int] = {}
         self._applied: dict[TopicPartition, int] = {}
@@ -91,7 +108,7 @@ class ChangeConsumer:
         return self._consumer
 
     async def poll(self, *, timeout_ms: int = 200, max_records: int = 500) -> list[Incoming]:
-        """Fetch and decode what is available; dead-letters what does not decode."""
+        """Fetch, verify, decode and admit what is available; dead-letters the rest."""
         fetched = await self.kafka.getmany(timeout_ms=timeout_ms, max_records=max_records)
         consumed_at = time.monotonic()
         incoming: list[Incoming] = []
@@ -104,34 +121,74 @@ class ChangeConsumer:
                 if record.headers and not self._for_us(record.headers):
                     self.skipped += 1
                     continue
-                payload = record.value or b""
-                try:
-                    batch = decode_batch(payload, max_bytes=self.settings.max_message_bytes)
-                    if batch.source != expected_source:
-                        raise DecodeError(
-                            f"batch claims source {batch.source!r} on {expected_source}'s topic"
+                batch = await self._admit(tp, record.offset, record.value or b"", expected_source)
+                if batch is not None:
+                    incoming.append(
+                        Incoming(
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                            batch,
+                            produced_ms=record.timestamp or 0,
+                            consumed_at=consumed_at,
                         )
-                except DecodeError as exc:
-                    await self.dead_letters.send(
-                        payload,
-                        str(exc),
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=record.offset,
                     )
-                    continue
-                self.events += len(batch.events)
-                incoming.append(
-                    Incoming(
-                        tp.topic,
-                        tp.partition,
-                        record.offset,
-                        batch,
-                        produced_ms=record.timestamp or 0,
-                        consumed_at=consumed_at,
-                    )
-                )
         return incoming
+
+    async def _admit(
+        self, tp: TopicPartition, offset: int, payload: bytes, expected_source: str | None
+    ) -> EventBatch | None:
+        """The admitted events of one record (None if none): the rest is dead-lettered."""
+
+        async def park(data: bytes, message: str, code: str, unit: str) -> None:
+            await self.dead_letters.send(
+                data,
+                message,
+                code=code,
+                unit=unit,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+            )
+
+        try:
+            batch = decode_batch(
+                payload,
+                self.keyring,
+                expected_source=expected_source,
+                max_bytes=self.settings.max_message_bytes,
+            )
+            if batch.target not in ("", self.region):
+                # The header said us, the signed target says otherwise: a tampered header.
+                raise DecodeError(
+                    f"record signed for {batch.target!r} arrived marked for {self.region}",
+                    reason="wrong-target",
+                )
+        except DecodeError as exc:
+            self.rejected_records += 1
+            await park(payload, str(exc), exc.reason, "record")
+            return None
+        for bad in batch.invalid:
+            self.rejected_events += 1
+            await park(bad.payload(), bad.message, bad.reason, "event")
+        top = ceiling(self.max_drift_ms)
+        admitted: list[ChangeEvent] = []
+        targeted = batch.target == self.region
+        for event in batch.events:
+            refusal = self.admission.check(
+                event, source=batch.source, targeted=targeted, ceiling=top
+            )
+            if refusal is None:
+                admitted.append(event)
+                continue
+            self.rejected_events += 1
+            if refusal.reason == QUARANTINE_REASON:
+                self.quarantined += 1
+            await park(pack_event(event), refusal.message, refusal.reason, "event")
+        self.events += len(admitted)
+        if not admitted:
+            return None
+        return EventBatch(batch.source, admitted)
 
     def _for_us(self, headers: Sequence[tuple[str, bytes]]) -> bool:
         for name, value in headers:

@@ -22,10 +22,11 @@ from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff
 from replication.errors import ReconcilerError
+from replication.model.auth import Signer
 from replication.model.event import ChangeEvent
 from replication.model.keys import changes_topic
 from replication.model.slots import key_slot
-from replication.model.wire import assemble_batch, pack_event
+from replication.model.wire import ClockRangeError, assemble_batch, pack_event
 from replication.transport.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,17 @@ class Shipment:
 class ChangeProducer:
     """Ships this region's change events. `start()`/`stop()` (flushes), or `async with`."""
 
-    def __init__(self, settings: KafkaSettings, region: str) -> None:
+    def __init__(self, settings: KafkaSettings, signer: Signer) -> None:
         self.settings = settings
-        self.region = region
-        self.topic = changes_topic(settings.topic_prefix, region)
+        self.signer = signer  # every record is signed as this region (replication.model.wire)
+        self.region = signer.region
+        self.topic = changes_topic(settings.topic_prefix, self.region)
         self._producer: AIOKafkaProducer | None = None
         self._partitions = settings.partitions
         self.records_sent = 0
         self.events_sent = 0
         self.resends = 0
+        self.clock_refused = 0  # versions not shipped: a clock entry above MAX_CLOCK_ENTRY
         # Per partition, the offset after the last record Kafka acknowledged: with the
         # capture's acknowledged stream offset, it tells peers what they must have applied
         # before anti-entropy can tell divergence from changes still in flight.
@@ -143,13 +146,22 @@ class ChangeProducer:
     def partition_of(self, key: bytes) -> int:
         return key_slot(key) % self._partitions
 
-    def pack(self, events: Sequence[ChangeEvent]) -> list[Record]:
-        """Group events by partition into records within the size limits."""
+    def pack(self, events: Sequence[ChangeEvent], target: str | None = None) -> list[Record]:
+        """Group events by partition into signed records within the size limits.
+
+        A version whose clock is out of range is refused here (logged, counted, not
+        shipped): every peer would refuse it, and with it the rest of its record."""
         s = self.settings
+        signer = self.signer
         open_records: dict[int, tuple[list[bytes], int]] = {}
         records: list[Record] = []
         for event in events:
-            packed = pack_event(event)
+            try:
+                packed = pack_event(event)
+            except ClockRangeError as exc:
+                self.clock_refused += 1
+                log.error("%s", exc)  # noqa: TRY400 - an operator's problem, not a bug
+                continue
             if len(packed) > s.max_message_bytes - 1024:
                 raise EventTooLargeError(
                     f"a change of {len(packed)} bytes (key in db {event.db}) exceeds the "
@@ -162,12 +174,14 @@ class ChangeProducer:
             if items and (
                 len(items) >= s.record_max_events or size + len(packed) > s.record_max_bytes
             ):
-                records.append(Record(part, assemble_batch(self.region, items), len(items)))
+                payload = assemble_batch(signer, items, target or "")
+                records.append(Record(part, payload, len(items), target))
                 items, size = [], 0
             items.append(packed)
             open_records[part] = (items, size + len(packed))
         for part, (items, _) in open_records.items():
-            records.append(Record(part, assemble_batch(self.region, items), len(items)))
+            payload = assemble_batch(signer, items, target or "")
+            records.append(Record(part, payload, len(items), target))
         return records
 
     async def _send(self, record: Record) -> asyncio.Future[object]:
@@ -192,12 +206,10 @@ class ChangeProducer:
         With `target`, only that region applies them (repair and resync traffic); the
         others skip the records without decoding them.
         """
-        records = self.pack(events)
-        for record in records:
-            record.target = target
+        records = self.pack(events, target)
         shipment = Shipment(self, records)
         for record in records:
             shipment.futures.append(await self._send(record))
         self.records_sent += len(records)
-        self.events_sent += len(events)
+        self.events_sent += shipment.events
         return shipment

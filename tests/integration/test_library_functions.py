@@ -16,14 +16,16 @@ from replication.model.event import ChangeEvent
 from replication.model.metadata import decode_meta
 from replication.model.resolver import resolve
 from replication.model.value import Kind
-from replication.model.vclock import VectorClock
+from replication.model.vclock import MAX_CLOCK_ENTRY, VectorClock
 from replication.redis.library import (
     VersionStatus,
     apply_command,
     meta_key_for,
     parse_apply_reply,
+    parse_version_many_reply,
     parse_version_reply,
     version_command,
+    version_many_command,
 )
 
 pytestmark = pytest.mark.integration
@@ -245,3 +247,36 @@ def test_liveness_is_read_correctly_from_records_redis_wrote(library_redis: redi
     tomb = make_event(key, {"us-east": 4}, "us-east", None)  # a remote delete
     assert apply(library_redis, tomb) == "applied"
     assert live_digest(library_redis.hget(meta_key_for(key), key), 0) is None  # type: ignore[arg-type]
+
+
+def test_version_refuses_a_tick_past_the_clock_bound_and_writes_nothing(
+    library_redis: redis.Redis,
+) -> None:
+    """A clock at the top of its range (planted by an apply, as a forged version did before
+    the decoders refused it) is never ticked past MAX_CLOCK_ENTRY, by both entry points:
+    the next local write is refused with the entry named, and nothing is stored."""
+    key = b"poisoned"
+    reset(library_redis, key)
+    planted = make_event(key, {"us-east": MAX_CLOCK_ENTRY - 1}, "us-east", b"a")
+    assert apply(library_redis, planted) == "applied"
+    library_redis.set(key, b"local-1")
+    (bumped,) = parse_version_many_reply(
+        call(library_redis, version_many_command([key], HERE, 1)),
+        0,
+        [key],  # type: ignore[arg-type]
+    )
+    assert bumped.status is VersionStatus.NEW
+    assert bumped.event is not None
+    assert bumped.event.hlc == MAX_CLOCK_ENTRY  # at the bound exactly: still representable
+    before = library_redis.hget(meta_key_for(key), key)
+    library_redis.set(key, b"local-2")
+    (many,) = parse_version_many_reply(
+        call(library_redis, version_many_command([key], HERE, 2)),
+        0,
+        [key],  # type: ignore[arg-type]
+    )
+    one = parse_version_reply(call(library_redis, version_command(key, HERE, 2)), 0, key)  # type: ignore[arg-type]
+    for result in (many, one):
+        assert result.status is VersionStatus.CLOCK_REFUSED
+        assert result.refused == f"the entry of {HERE} would become {MAX_CLOCK_ENTRY + 1}"
+    assert library_redis.hget(meta_key_for(key), key) == before

@@ -18,10 +18,10 @@ from replication.model.digest import value_digest
 from replication.model.keys import deadletter_topic
 from replication.model.metadata import decode_meta
 from replication.model.value import Kind
-from replication.model.wire import SCHEMA_VERSION, decode_batch
+from replication.model.wire import decode_batch, seal_body
 from replication.redis.library import meta_key_for
 from tests.kafkatools import produce_raw, read_topic
-from tests.regions import Regions
+from tests.regions import Regions, metric
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ async def test_no_change_is_echoed_back_one_event_per_local_change(regions: Regi
     for name in regions.names:
         replicated[name] = repair[name] = 0
         for record in await read_topic(regions.kafka.bootstrap, regions.topic(name)):
-            events = len(decode_batch(record.value).events)
+            events = len(decode_batch(record.value, regions.keyring).events)
             if any(h == "target" for h, _ in record.headers):
                 repair[name] += events  # anti-entropy traffic, aimed at one region
             else:
@@ -183,7 +183,7 @@ async def test_a_daemon_killed_mid_stream_loses_nothing_and_counts_nothing_twice
     # Re-shipped after the crash is fine; bumped twice is not: one version per key.
     clocks: dict[bytes, set[tuple[tuple[str, int], ...]]] = defaultdict(set)
     for record in await read_topic(regions.kafka.bootstrap, regions.topic(origin)):
-        for event in decode_batch(record.value).events:
+        for event in decode_batch(record.value, regions.keyring).events:
             clocks[event.key].add(tuple(sorted(event.clock.items())))
     assert len(clocks) == 3000
     assert all(len(c) == 1 for c in clocks.values())
@@ -216,7 +216,8 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_replication_goes_
     source = regions.names[1]
     topic = regions.topic(source)
     await produce_raw(regions.kafka.bootstrap, topic, b"\x93\x01not a batch")
-    # Well-formed, but the value does not match the digest: the applier refuses it.
+    # Signed by the source, well-formed, but the value does not match the digest: the
+    # applier refuses it, and only it: the good event of the same record is applied.
     bad = [
         0,
         b"tampered",
@@ -227,28 +228,33 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_replication_goes_
         source,
         value_digest(Kind.STRING, b"good"),
     ]
+    good = [0, b"good", int(Kind.STRING), b"good", 0, [source, 10**9], source, bad[7]]
+    body = msgpack.packb([bad, good], use_bin_type=True)
     await produce_raw(
-        regions.kafka.bootstrap, topic, msgpack.packb([SCHEMA_VERSION, source, [bad]])
+        regions.kafka.bootstrap, topic, seal_body(regions.keyring.signer(source), body)
     )
     regions.clients[source].set("after-poison", "ok")
     regions.wait_converged()
     assert all(c.get("after-poison") == b"ok" for c in regions.clients.values())
     assert all(c.exists("tampered") == 0 for c in regions.clients.values())
+    assert all(c.get("good") == b"good" for n, c in regions.clients.items() if n != source)
 
-    async def parked() -> list[str]:
+    async def parked() -> list[dict[str, bytes]]:
         records = await read_topic(regions.kafka.bootstrap, deadletter_topic(regions.prefix))
-        return [dict(r.headers)["reason"].decode() for r in records]
+        return [dict(r.headers) for r in records]
 
     deadline = time.monotonic() + 30
-    reasons: list[str] = []
-    while time.monotonic() < deadline and len(reasons) < 4:
-        reasons = await parked()
+    letters: list[dict[str, bytes]] = []
+    while time.monotonic() < deadline and len(letters) < 4:
+        letters = await parked()
     # Each of the two other regions parks each of the two messages.
-    assert len(reasons) == 4
-    assert sum("not a msgpack" in r or "batch must be" in r for r in reasons) == 2
-    assert sum("digest does not match" in r for r in reasons) == 2
+    assert len(letters) == 4
+    codes = sorted(h["reason_code"].decode() for h in letters)
+    assert codes == ["bad-digest", "bad-digest", "undecodable", "undecodable"]
+    assert sum(b"digest does not match" in h["reason"] for h in letters) == 2
     metrics = regions.daemons[regions.names[0]].metrics()
-    assert "reconciler_deadletters_total" in metrics
+    assert metric(metrics, "reconciler_deadletters_total", reason="bad-digest") == 1.0
+    assert metric(metrics, "reconciler_deadletters_total", reason="undecodable") == 1.0
 
 
 def test_sigterm_flushes_acks_and_commits_so_a_restart_redoes_nothing(regions: Regions) -> None:

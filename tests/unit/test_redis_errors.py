@@ -32,7 +32,6 @@ def test_codes_are_read_from_the_first_word_of_a_reply() -> None:
         "LOADINGX not a code",
         "ERR LOADING is only a word here",
         "READONLY You can't write against a read only replica.",
-        "OOM command not allowed when used memory > 'maxmemory'.",
     ],
 )
 def test_only_the_exact_code_makes_an_error_retriable(reply: str) -> None:

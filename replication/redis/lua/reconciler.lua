@@ -10,6 +10,10 @@
 -- Strings are compared bytewise (never with Lua's `<`, which follows the server's locale).
 
 local LIB_VERSION = '__LIB_VERSION__'
+-- The largest clock entry (replication.model.vclock.MAX_CLOCK_ENTRY, filled in at load):
+-- a tick past it is refused, never stored, so no version carries an entry the decoders
+-- refuse. Below 2**53 by 2**32, so every entry still adds and compares exactly here.
+local MAX_CLOCK = __MAX_CLOCK_ENTRY__
 local LANE = 4294967296
 
 local function enc(s)
@@ -238,11 +242,20 @@ local function meta_digest(raw)
   return nil
 end
 
+-- A tick that would pass MAX_CLOCK: appends the refusal (4, region, entry) to `out`.
+local function clock_refused(clock, region, n, out)
+  if clock[region] <= MAX_CLOCK then return false end
+  out[n + 1] = 4; out[n + 2] = region; out[n + 3] = string.format('%d', clock[region])
+  return true
+end
+
 -- Versions one key (see rr_version). Appends its reply to `out`, flat:
 --   0                                   nothing to ship (an echo of an apply, a no-op, an expiry)
 --   1, kind, value, meta_raw, old_digest a new local version (meta_raw: what was stored)
 --   2, kind, value, meta_raw, old_digest in replay, a version of ours maybe not shipped yet
 --   3, kind                             a type we do not replicate
+--   4, region, entry                    refused: the tick would pass MAX_CLOCK (nothing
+--                                       written; the key's clock is at the top of its range)
 -- value: a string (strings; '' for a delete) or a flat table (other kinds). meta_raw holds
 -- the digest, origin, expiry and clock of the version, in the stored layout.
 local function version_key(key, mkey, region, tick, replay, out)
@@ -264,6 +277,7 @@ local function version_key(key, mkey, region, tick, replay, out)
     end
     if expired(meta, now_ms()) then out[n + 1] = 0; return end
     local clock = clock_tick(clock_map(meta[5]), region, tick)
+    if clock_refused(clock, region, n, out) then return end
     local packed = pack_meta(tombstone(), region, 0, 1, clock)
     redis.call('HSET', mkey, key, packed)
     out[n + 1] = 1; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = packed; out[n + 5] = old
@@ -276,6 +290,7 @@ local function version_key(key, mkey, region, tick, replay, out)
     local meta = raw and cmsgpack.unpack(raw) or nil
     if meta and meta[4] == 0 then
       local clock = clock_tick(clock_map(meta[5]), region, tick)
+      if clock_refused(clock, region, n, out) then return end
       local packed = pack_meta(tombstone(), region, 0, 1, clock)
       redis.call('HSET', mkey, key, packed)
       out[n + 1] = 1; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = packed
@@ -299,6 +314,7 @@ local function version_key(key, mkey, region, tick, replay, out)
   local meta = raw and cmsgpack.unpack(raw) or nil
   local old = (meta and meta[4] == 0) and meta[1] or ''
   local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, tick)
+  if clock_refused(clock, region, n, out) then return end
   local packed = pack_meta(dig, region, exp, 0, clock)
   redis.call('HSET', mkey, key, packed)
   out[n + 1] = 1; out[n + 2] = kind; out[n + 3] = value; out[n + 4] = packed; out[n + 5] = old
@@ -310,12 +326,13 @@ end
 -- Replies: {0} nothing to ship (an echo of an apply, a no-op, an expiry);
 --          {1, kind, value, exp, digest, clock, origin, old_digest} a new local version;
 --          {2, ...same} in replay, a version of ours that may not have been shipped yet;
---          {3, kind} a type we do not replicate.
+--          {3, kind} a type we do not replicate;
+--          {4, region, entry} refused: the tick would pass MAX_CLOCK (nothing written).
 local function rr_version(keys, args)
   local out = {}
   version_key(keys[1], keys[2], args[1], tonumber(args[2]), args[3] == '1', out)
   local code = out[1]
-  if code == 0 or code == 3 then return out end
+  if code == 0 or code == 3 or code == 4 then return out end
   local meta = cmsgpack.unpack(out[4])
   local value = out[3]
   if type(value) ~= 'table' then value = { value } end
