@@ -33,6 +33,7 @@ def sealed(raw_events: list[object], target: str = "") -> bytes:
     return seal_body(SIGNER, msgpack.packb(raw_events, use_bin_type=True), target)
 
 
+@settings(deadline=None)
 @given(st.lists(events(), max_size=8), st.sampled_from(["", "us-east"]))
 def test_batches_round_trip(batch: list[ChangeEvent], target: str) -> None:
     decoded = decode_batch(encode_batch(SIGNER, batch, target), RING, expected_source="eu-west")
@@ -42,7 +43,7 @@ def test_batches_round_trip(batch: list[ChangeEvent], target: str) -> None:
     assert decoded.invalid == []
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=512))
 def test_random_bytes_only_raise_decode_error(data: bytes) -> None:
     with pytest.raises(DecodeError) as caught:
@@ -78,7 +79,7 @@ def mutate(data: bytes, ops: list[tuple[str, int, int]]) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(events(), min_size=1, max_size=4), mutations)
 def test_a_tampered_record_never_decodes_to_anything_else(
     batch: list[ChangeEvent], ops: list[tuple[str, int, int]]
@@ -110,7 +111,7 @@ msgpack_objects = st.recursive(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(msgpack_objects)
 def test_a_signed_event_of_the_wrong_shape_is_set_aside_with_a_reason(obj: object) -> None:
     batch = decode_batch(sealed([obj]), RING)
@@ -120,7 +121,7 @@ def test_a_signed_event_of_the_wrong_shape_is_set_aside_with_a_reason(obj: objec
     assert bad.message
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(events(), min_size=2, max_size=4), st.integers(0, 7), msgpack_objects)
 def test_one_field_replaced_by_anything_never_takes_the_other_events_down(
     batch: list[ChangeEvent], field: int, obj: object
@@ -132,6 +133,7 @@ def test_one_field_replaced_by_anything_never_takes_the_other_events_down(
     assert len(decoded.events) + len(decoded.invalid) == len(batch)
 
 
+@settings(deadline=None)  # every cut of a record: hundreds of decodes per example
 @given(events())
 def test_every_truncation_raises_decode_error(event: ChangeEvent) -> None:
     data = encode_batch(SIGNER, [event])
