@@ -493,7 +493,16 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
         raw_server.start()
         for r in REGIONS:
             peers = [p for p in REGIONS if p != r]
-            cfg = write_config(base / "cfg", r, peers, servers[r].url, broker.bootstrap)
+            # Production heartbeat timings: on a machine this loaded, the test timings'
+            # 3 s peer timeout declares peers down and starts repairs that disturb the run.
+            cfg = write_config(
+                base / "cfg",
+                r,
+                peers,
+                servers[r].url,
+                broker.bootstrap,
+                overrides={"heartbeat": {"interval_s": 1.0, "peer_timeout_s": 30.0}},
+            )
             daemons[r] = DaemonProcess(r, cfg)
             daemons[r].start()
         wait_for(
@@ -565,12 +574,16 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
             )
             print(table(["stage", "observations", "p50 ms", "p99 ms"], entry["stages"]), flush=True)
         if args.rss_keys:
-            have = int(redis.Redis(port=servers[A].port).dbsize())
-            before = {r: status(d) for r, d in daemons.items()}
-            more = max(0, args.rss_keys - have)
-            if more:
-                redis_benchmark(servers[A].port, more, keyspace=1_000_000_000_000, pipeline=16)
+            # Loaded in steps, each applied everywhere before the next, with the daemons'
+            # memory printed at every step (a long run still leaves figures if cut short).
+            client = redis.Redis(port=servers[A].port)
+            while (have := int(client.dbsize())) < args.rss_keys:
+                before = {r: status(d) for r, d in daemons.items()}
+                step = min(200_000, args.rss_keys - have)
+                redis_benchmark(servers[A].port, step, keyspace=1_000_000_000_000, pipeline=16)
                 wait_applied(servers, daemons, before, 1800)
+                rss = {r: round(rss_mib(d), 1) for r, d in daemons.items()}
+                print(f"rss MiB {rss} with {int(client.dbsize()):,} Redis keys in A", flush=True)
             result["rss"] = {r: rss_mib(d) for r, d in daemons.items()}
             per_key, keys = metadata_bytes_per_key(servers[DESTS[0]].port)
             result["metadata_bytes_per_key"] = per_key
