@@ -22,11 +22,11 @@ from benchmarks.report import BENCHMARKS_MD
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--labels", default="before,after")
+    parser.add_argument("--labels", default="before-1,before-2,after-1,after-2")
     parser.add_argument("--out", default="lag-vs-rate.png")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    styles = {"p50": "-", "p99": "--", "max": ":"}
+    styles = {"p50": "-", "p99": "--"}
     for label in args.labels.split(","):
         path = RESULTS / f"replication-{label}.json"
         if not path.exists():
@@ -38,8 +38,14 @@ def main() -> None:
         for stat, style in styles.items():
             ys = [result["lag"][str(r)][stat] for r in rates]
             kwargs = {"color": line.get_color()} if line is not None else {}
+            load = max(result.get("load", [0]))
             (drawn,) = ax.plot(
-                rates, ys, style, marker="o", label=f"{label} {stat} ({result['date']})", **kwargs
+                rates,
+                ys,
+                style,
+                marker="o",
+                label=f"{label} {stat} ({result['date']}, load avg up to {load:.0f})",
+                **kwargs,
             )
             line = line or drawn
     ax.set_xscale("log")

@@ -164,6 +164,23 @@ def stage_rows(
     return rows
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used (load-independent, unlike wall time)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(
+    servers: dict[str, RedisServer], daemons: dict[str, DaemonProcess], broker: KafkaBroker
+) -> dict[str, float]:
+    out = {f"daemon {r}": cpu_seconds(d.pid) for r, d in daemons.items()}
+    out |= {f"redis {r}": cpu_seconds(s.pid) for r, s in servers.items()}
+    out["kafka broker"] = cpu_seconds(broker.pid)
+    return out
+
+
 def rss_mib(daemon: DaemonProcess) -> float:
     for line in daemon.metrics().splitlines():
         if line.startswith("process_resident_memory_bytes"):
@@ -263,10 +280,12 @@ def wait_applied(
 def throughput(
     servers: dict[str, RedisServer],
     daemons: dict[str, DaemonProcess],
+    broker: KafkaBroker,
     n: int,
     profiler: Profiler,
 ) -> dict[str, Any]:
     before = {r: status(d) for r, d in daemons.items()}
+    cpu0 = process_cpu(servers, daemons, broker)
     profiler.start("throughput")
     usec0 = {r: library_usec(servers[r].port) for r in REGIONS}
     t0 = time.monotonic()
@@ -275,7 +294,10 @@ def throughput(
     seconds = time.monotonic() - t0
     profiler.stop()
     usec1 = {r: library_usec(servers[r].port) for r in REGIONS}
+    cpu1 = process_cpu(servers, daemons, broker)
     return {
+        # CPU µs each process spent per change (the load generator's SETs count in A's Redis).
+        "cpu_us_per_change": {p: (cpu1[p] - cpu0[p]) * 1e6 / max(1, changes) for p in cpu1},
         "changes": changes,
         "seconds": seconds,
         "rate": changes / seconds,
@@ -526,11 +548,11 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
             result["redis_shake"] = redis_shake_rate(shake, base, args.writes)
             print(f"RedisShake: {result['redis_shake']:,.0f} keys/s", flush=True)
         profiler = Profiler(Path(args.profile) if args.profile else None, daemons)
-        result["throughput"] = throughput(servers, daemons, args.writes, profiler)
+        result["throughput"] = throughput(servers, daemons, broker, args.writes, profiler)
         print(f"throughput: {result['throughput']}", flush=True)
         load.append(os.getloadavg()[0])
         result["lag"] = {}
-        for rate in (int(x) for x in args.rates.split(",")):
+        for rate in (int(x) for x in args.rates.split(",") if x):
             # A backlog left by the previous phase would be counted against this rate.
             wait_applied(servers, daemons, start_status, 1800)
             seconds = args.long_seconds if rate == max_rate(args) else args.lag_seconds
@@ -609,7 +631,7 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
 
 
 def max_rate(args: argparse.Namespace) -> int:
-    return max(int(x) for x in args.rates.split(","))
+    return max((int(x) for x in args.rates.split(",") if x), default=0)
 
 
 def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None) -> str:
@@ -670,6 +692,7 @@ def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None)
             f"At {int(rate):,}/s:\n\n"
             + table(["stage", "observations", "p50 ms", "p99 ms"], e["stages"])
         )
+    cpu_rows = [[p, f"{v:,.0f}"] for p, v in tp.get("cpu_us_per_change", {}).items()]
     us = tp["redis_us_per_write"]
     us_rows.insert(0, ["throughput run", f"{us[A]:.1f}"] + [f"{us[r]:.1f}" for r in DESTS])
     text = (
@@ -702,6 +725,10 @@ def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None)
         "`INFO commandstats`, divided by the changes A shipped; in B and C this includes\n"
         "versioning the echoes of their own applies):\n\n"
         + table(["phase", f"origin {A}"] + [f"destination {r}" for r in DESTS], us_rows)
+        + "\n\nCPU time per change in the throughput run, per process (user + system, from\n"
+        "`/proc`: unlike wall time it does not grow with the machine's load; A's Redis includes\n"
+        "the load generator's SETs):\n\n"
+        + table(["process", "CPU µs per change"], cpu_rows)
         + "\n\nWhere the lag comes from (the daemons' `reconciler_stage_seconds` histograms, "
         "summed\nover regions; p50/p99 are bucket upper bounds):\n\n" + "\n\n".join(stage_parts)
     )
@@ -720,7 +747,7 @@ def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--writes", type=int, default=200_000)
-    parser.add_argument("--rates", default="200,1000,2000,5000")
+    parser.add_argument("--rates", default="200,1000,2000,5000", help="'' for none")
     parser.add_argument("--lag-seconds", type=float, default=15.0)
     parser.add_argument("--long-seconds", type=float, default=30.0, help="at the highest rate")
     parser.add_argument("--label", default="current")
