@@ -599,10 +599,13 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
             # Loaded in steps, each applied everywhere before the next, with the daemons'
             # memory printed at every step (a long run still leaves figures if cut short).
             client = redis.Redis(port=servers[A].port)
-            while (have := int(client.dbsize())) < args.rss_keys:
+            grew = True
+            while grew and (have := int(client.dbsize())) < args.rss_keys:
                 before = {r: status(d) for r, d in daemons.items()}
                 step = min(200_000, args.rss_keys - have)
-                redis_benchmark(servers[A].port, step, keyspace=1_000_000_000_000, pipeline=16)
+                # redis-benchmark's -r must fit an int: random keys among 1e9 (a few repeat).
+                redis_benchmark(servers[A].port, step, keyspace=1_000_000_000, pipeline=16)
+                grew = int(client.dbsize()) > have
                 wait_applied(servers, daemons, before, 1800)
                 rss = {r: round(rss_mib(d), 1) for r, d in daemons.items()}
                 print(f"rss MiB {rss} with {int(client.dbsize()):,} Redis keys in A", flush=True)
