@@ -729,7 +729,7 @@ def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None)
         "versioning the echoes of their own applies):\n\n"
         + table(["phase", f"origin {A}"] + [f"destination {r}" for r in DESTS], us_rows)
         + "\n\nCPU time per change in the throughput run, per process (user + system, from\n"
-        "`/proc`: unlike wall time it does not grow with the machine's load; A's Redis includes\n"
+        "`/proc`: it grows far less with the machine's load than wall time; A's Redis includes\n"
         "the load generator's SETs):\n\n"
         + table(["process", "CPU µs per change"], cpu_rows)
         + "\n\nWhere the lag comes from (the daemons' `reconciler_stage_seconds` histograms, "
