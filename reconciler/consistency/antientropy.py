@@ -29,12 +29,12 @@ side checking that its data matches its metadata: a checksum of the data itself)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from reconciler.consistency.control import ControlChannel, ControlMessage
+from reconciler.consistency.limits import RequestLimits
 from reconciler.consistency.merkle import (
     LEAF_LEVEL,
     MASK,
@@ -52,6 +53,37 @@ from reconciler.consistency.merkle import (
     leaf_entries,
     leaf_hash_of_records,
     live_digest,
+)
+from reconciler.consistency.messages import (
+    MAX_BUCKETS_PER_SLOT,
+    MAX_ENTRIES,
+    MAX_ERROR_CHARS,
+    MAX_KEYS_PER_REQUEST,
+    MAX_SAMPLE,
+    REQUESTS,
+    SLOTS_PER_CHUNK,
+    TAG_BYTES,
+    BadMessageError,
+    Buckets,
+    BucketsReply,
+    Children,
+    ChildrenReply,
+    Entries,
+    EntriesReply,
+    Hello,
+    HelloReply,
+    Metas,
+    MetasReply,
+    Refusal,
+    Request,
+    Resync,
+    Selfcheck,
+    SelfcheckReply,
+    Ship,
+    Shipped,
+    parse_reply,
+    parse_request,
+    reply_seq,
 )
 from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import KeyDecision, RepairReport, ReportStore
@@ -69,9 +101,8 @@ log = logging.getLogger(__name__)
 
 REQUEST = "ae.req."
 REPLY = "ae.reply"
-SLOTS_PER_CHUNK = 128
 CHUNKS_IN_FLIGHT = 4
-SHIP_KEYS_PER_REQUEST = 2000
+MAX_REFUSALS_IN_FLIGHT = 64  # refusal replies being sent at once (beyond: no reply)
 
 
 class SessionError(ReconcilerError):
@@ -100,9 +131,6 @@ def bucket_hashes(records: Records, buckets: int, now: int) -> list[int]:
             b = bucket_of(key, buckets)
             sums[b] = (sums[b] + entry_hash(key, digest)) & MASK
     return sums
-
-
-TAG_BYTES = 8
 
 
 def tag_of(raw: bytes, now: int) -> bytes:
@@ -177,6 +205,15 @@ async def read_slots(conn: RespConnection, slots: Sequence[int]) -> dict[int, Re
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A request waiting for its reply, which only `peer` may give."""
+
+    peer: str
+    request: Request
+    reply: asyncio.Future[ControlMessage]
+
+
 class AntiEntropy:
     """Runs sessions as initiator and answers peers' sessions as responder."""
 
@@ -190,6 +227,7 @@ class AntiEntropy:
         shipper: RepairShipper,
         settings: AntiEntropySection,
         reports: ReportStore,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.region = region
         self.channel = channel
@@ -199,9 +237,12 @@ class AntiEntropy:
         self.settings = settings
         self.reports = reports
         self._seq = itertools.count(1)
-        # (session, seq) -> (peer, future of its reply)
-        self._pending: dict[tuple[str, int], tuple[str, asyncio.Future[ControlMessage]]] = {}
+        self._pending: dict[tuple[str, int], _Pending] = {}  # (session, seq) -> request
         self._answering: set[asyncio.Task[None]] = set()
+        self._refusing = 0
+        self.limits = limits if limits is not None else RequestLimits()
+        self.refused = self.limits.refused  # requests refused or failed, by reason
+        self.bad_replies: Counter[str] = Counter()  # replies dropped or malformed, by reason
         self.sessions_ok = 0
         self.sessions_failed = 0
         self.keys_repaired = 0
@@ -209,176 +250,256 @@ class AntiEntropy:
 
     # ----------------------------------------------------------------------- plumbing
     async def handle(self, msg: ControlMessage) -> None:
-        """Control-channel handler for "ae." messages."""
+        """Control-channel handler for "ae." messages (already authenticated and from a
+        configured peer: see `ControlChannel.accept`)."""
         if msg.type == REPLY:
-            seq = msg.body.get("seq")
-            entry = self._pending.pop((msg.session, seq), None) if isinstance(seq, int) else None
-            if entry is not None and not entry[1].done():
-                entry[1].set_result(msg)
+            self._on_reply(msg)
         elif msg.type.startswith(REQUEST):
-            # Answer in a task: the control loop must stay free to deliver replies.
-            task = asyncio.create_task(self._answer(msg))
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
+            self._on_request(msg)
+        else:
+            self.refused["unknown-type"] += 1
+
+    def _on_reply(self, msg: ControlMessage) -> None:
+        key = (msg.session, reply_seq(msg.body) or 0)
+        pending = self._pending.get(key)
+        if pending is None:
+            # No such request (any more): late after a timeout, or made up.
+            self.bad_replies["unexpected"] += 1
+            return
+        if pending.peer != msg.sender:
+            # Another peer answering for the one asked: never taken as its answer.
+            self.bad_replies["wrong-sender"] += 1
+            log.warning(
+                "anti-entropy reply from %s to a request sent to %s dropped",
+                msg.sender,
+                pending.peer,
+            )
+            return
+        del self._pending[key]
+        if not pending.reply.done():
+            pending.reply.set_result(msg)
+
+    def _on_request(self, msg: ControlMessage) -> None:
+        op = msg.type.removeprefix(REQUEST)
+        seq = reply_seq(msg.body)
+        if seq is None or seq < 1:
+            self.refused["malformed"] += 1  # no seq: a reply could not even be matched
+            return
+        kind = REQUESTS.get(op)
+        expensive = bool(kind is not None and kind.expensive)
+        verdict = self.limits.admit(msg.sender, msg.session, seq, expensive=expensive)
+        if verdict == "duplicate":
+            return  # answered already (Kafka delivers at least once; or a replay)
+        if verdict is not None:
+            self._spawn_refusal(msg, seq, f"{op} refused: {verdict} (too many requests)")
+            return
+        # Answer in a task: the control loop must stay free to deliver replies. The
+        # number of these tasks is bounded per peer by the limits.
+        task = asyncio.create_task(self._answer(msg, op, seq, expensive))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    def _spawn_refusal(self, msg: ControlMessage, seq: int, error: str) -> None:
+        if self._refusing >= MAX_REFUSALS_IN_FLIGHT:
+            return  # a flood: the requester times out instead of hearing why
+        self._refusing += 1
+
+        async def refuse() -> None:
+            try:
+                await self._reply(msg, seq, ok=False, error=error)
+            finally:
+                self._refusing -= 1
+
+        task = asyncio.create_task(refuse())
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _reply(self, msg: ControlMessage, seq: int, **body: Any) -> None:
+        try:
+            await self.channel.send(REPLY, msg.sender, msg.session, seq=seq, **body)
+        except (KafkaError, OSError, ReconcilerError) as exc:
+            log.warning("anti-entropy reply to %s not sent: %s", msg.sender, exc)
 
     def abort_peer(self, peer: str, reason: str) -> None:
         """Fail at once every request waiting on `peer` (it went down or restarted), rather
         than letting each wait for its timeout."""
-        for key, (who, fut) in list(self._pending.items()):
-            if who == peer and not fut.done():
-                fut.set_exception(SessionError(f"peer {peer} {reason}"))
+        for key, pending in list(self._pending.items()):
+            if pending.peer == peer and not pending.reply.done():
+                pending.reply.set_exception(SessionError(f"peer {peer} {reason}"))
                 self._pending.pop(key, None)
 
     async def stop(self) -> None:
         for task in list(self._answering):
             task.cancel()
         await asyncio.gather(*self._answering, return_exceptions=True)
-        for _, fut in self._pending.values():
-            fut.cancel()
+        for pending in self._pending.values():
+            pending.reply.cancel()
 
     async def _request(
         self,
         report: RepairReport,
         session: str,
-        op: str,
+        request: Request,
         timeout_s: float | None = None,
-        **body: Any,
-    ) -> dict[str, Any]:
+    ) -> Any:
+        """Send `request` to the session's peer and return its reply, checked against the
+        request; SessionError (with the reason) for no reply, a refusal, a malformed one."""
         seq = next(self._seq)
         fut: asyncio.Future[ControlMessage] = asyncio.get_running_loop().create_future()
-        self._pending[(session, seq)] = (report.peer, fut)
+        self._pending[(session, seq)] = _Pending(report.peer, request, fut)
+        op = request.op
+        timeout = timeout_s or self.settings.request_timeout_s
         try:
-            sent = await self.channel.send(REQUEST + op, report.peer, session, seq=seq, **body)
+            sent = await self.channel.send(
+                REQUEST + op, report.peer, session, seq=seq, **request.body()
+            )
             try:
-                async with asyncio.timeout(timeout_s or self.settings.request_timeout_s):
-                    reply = await fut
+                async with asyncio.timeout(timeout):
+                    msg = await fut
             except TimeoutError:
                 raise SessionError(
                     f"peer {report.peer} did not answer '{op}' within "
-                    f"{timeout_s or self.settings.request_timeout_s:.0f}s (is its daemon up?)"
+                    f"{timeout:.0f}s (is its daemon up?)"
                 ) from None
         finally:
             self._pending.pop((session, seq), None)
         b = report.bytes_exchanged
         b["sent"] = b.get("sent", 0) + sent
-        b["received"] = b.get("received", 0) + reply.size
+        b["received"] = b.get("received", 0) + msg.size
         b["total"] = b["sent"] + b["received"]
-        if not reply.body.get("ok"):
-            raise SessionError(f"peer {report.peer} failed '{op}': {reply.body.get('error')}")
-        return reply.body
-
-    async def _answer(self, msg: ControlMessage) -> None:
-        op = msg.type.removeprefix(REQUEST)
-        seq = msg.body.get("seq")
-        handler = {
-            "hello": self._on_hello,
-            "children": self._on_children,
-            "buckets": self._on_buckets,
-            "entries": self._on_entries,
-            "metas": self._on_metas,
-            "ship": self._on_ship,
-            "resync": self._on_resync,
-            "selfcheck": self._on_selfcheck,
-        }.get(op)
         try:
-            if handler is None:
-                raise SessionError(f"unknown anti-entropy request {op!r}")
-            result = await handler(msg.body)
-            await self.channel.send(REPLY, msg.sender, msg.session, seq=seq, ok=True, **result)
+            reply = parse_reply(msg.body, request)
+        except BadMessageError as exc:
+            self.bad_replies["malformed"] += 1
+            raise SessionError(f"peer {report.peer} sent a malformed '{op}' reply: {exc}") from None
+        if isinstance(reply, Refusal):
+            raise SessionError(f"peer {report.peer} failed '{op}': {reply.error}")
+        return reply
+
+    async def _answer(self, msg: ControlMessage, op: str, seq: int, expensive: bool) -> None:
+        try:
+            request = parse_request(op, msg.body)[1]
+            reply = await self._respond(request, msg.sender)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the peer gets the reason; we carry on
+            reason = exc.reason if isinstance(exc, BadMessageError) else "failed"
+            self.refused[reason] += 1
             log.warning("anti-entropy request %s from %s failed: %s", op, msg.sender, exc)
-            with contextlib.suppress(Exception):
-                await self.channel.send(
-                    REPLY, msg.sender, msg.session, seq=seq, ok=False, error=str(exc)
-                )
+            await self._reply(msg, seq, ok=False, error=str(exc)[:MAX_ERROR_CHARS])
+        else:
+            await self._reply(msg, seq, ok=True, **reply.body())
+        finally:
+            self.limits.release(msg.sender, expensive=expensive)
+
+    async def _respond(self, request: Request, sender: str) -> Any:
+        if isinstance(request, Hello):
+            return self._on_hello(request)
+        if isinstance(request, Children):
+            return self._on_children(request)
+        if isinstance(request, Buckets):
+            return await self._on_buckets(request)
+        if isinstance(request, Entries):
+            return await self._on_entries(request)
+        if isinstance(request, Metas):
+            return await self._on_metas(request)
+        if isinstance(request, Ship | Resync) and request.target != sender:
+            # Keys go only to whoever asks for them: no region can send a third one a
+            # shipment it did not ask for.
+            raise BadMessageError(
+                f"'{request.op}' to {request.target} asked by {sender}", "wrong-target"
+            )
+        if isinstance(request, Ship):
+            return await self._on_ship(request)
+        if isinstance(request, Resync):
+            return await self._on_resync(request)
+        if isinstance(request, Selfcheck):
+            return await self._on_selfcheck()
+        raise BadMessageError(f"no handler for {request.op!r}", "unknown-request")
 
     # ---------------------------------------------------------------------- responder
-    def _tree(self, db: object) -> MerkleTree:
-        if not isinstance(db, int) or db not in self.trees:
-            raise SessionError(f"database {db!r} is not replicated here")
-        return self.trees[db]
+    def _tree(self, db: int) -> MerkleTree:
+        tree = self.trees.get(db)
+        if tree is None:
+            raise SessionError(f"database {db} is not replicated here")
+        return tree
 
-    async def _on_hello(self, body: dict[str, Any]) -> dict[str, Any]:
-        dbs = [db for db in body.get("dbs", []) if db in self.trees]
-        return {
-            "roots": {str(db): self.trees[db].root for db in dbs},
-            "keys": {str(db): self.trees[db].keys for db in dbs},
-        }
+    def _on_hello(self, request: Hello) -> HelloReply:
+        dbs = [db for db in request.dbs if db in self.trees]
+        return HelloReply(
+            {db: self.trees[db].root for db in dbs}, {db: self.trees[db].keys for db in dbs}
+        )
 
-    async def _on_children(self, body: dict[str, Any]) -> dict[str, Any]:
-        tree = self._tree(body.get("db"))
-        level, nodes = int(body["level"]), [int(n) for n in body["nodes"]]
-        if not 0 <= level < LEAF_LEVEL:
-            raise SessionError(f"bad level {level}")
-        row = tree.levels[level + 1]
-        return {"hashes": [row[c] for n in nodes for c in children(level, n)]}
+    def _on_children(self, request: Children) -> ChildrenReply:
+        row = self._tree(request.db).levels[request.level + 1]
+        return ChildrenReply(
+            tuple(row[c] for n in request.nodes for c in children(request.level, n))
+        )
 
-    async def _on_buckets(self, body: dict[str, Any]) -> dict[str, Any]:
-        db = body.get("db")
-        tree = self._tree(db)
-        wanted = [(int(s), int(n)) for s, n in body["slots"]]
-        entries = await read_slots(await self._conn(int(db)), [s for s, _ in wanted])  # type: ignore[arg-type]
+    async def _on_buckets(self, request: Buckets) -> BucketsReply:
+        tree = self._tree(request.db)
+        slots = [s for s, _ in request.slots]
+        entries = await read_slots(await self._conn(request.db), slots)
         now = now_ms()
         out = []
-        for slot, n in wanted:
+        for slot, n in request.slots:
             self._refresh_leaf(tree, slot, entries[slot])
-            out.append(bucket_hashes(entries[slot], max(1, n), now))
-        return {"buckets": out}
+            out.append(tuple(bucket_hashes(entries[slot], n, now)))
+        return BucketsReply(tuple(out))
 
-    async def _on_entries(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_entries(self, request: Entries) -> EntriesReply:
         """(key, tag) of every entry in the wanted buckets; the tag is the first bytes of
         the digest for a live key, empty otherwise (deleted, expired)."""
-        db = body.get("db")
-        self._tree(db)
-        want = [(int(s), int(n), set(bs)) for s, n, bs in body["want"]]
-        conn = await self._conn(int(db))  # type: ignore[arg-type]
-        records = await read_slots(conn, [s for s, _, _ in want])
+        self._tree(request.db)
+        conn = await self._conn(request.db)
+        records = await read_slots(conn, [s for s, _, _ in request.want])
         now = now_ms()
-        out: list[list[bytes]] = []
-        for slot, n, buckets in want:
-            out += [
-                [key, tag_of(raw, now)]
-                for key, raw in records[slot].items()
-                if bucket_of(key, n) in buckets
-            ]
-        return {"entries": out}
+        out: dict[bytes, bytes] = {}
+        for slot, n, buckets in request.want:
+            for key, raw in records[slot].items():
+                if bucket_of(key, n) in buckets:
+                    out[key] = tag_of(raw, now)
+            if len(out) > MAX_ENTRIES:
+                raise SessionError(
+                    f"more than {MAX_ENTRIES} keys in the buckets asked for: split finer"
+                )
+        return EntriesReply(out)
 
-    async def _on_metas(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_metas(self, request: Metas) -> MetasReply:
         """The raw metadata of the given keys (those whose tags differed)."""
-        db = body.get("db")
-        self._tree(db)
-        keys = [k for k in body["keys"] if isinstance(k, bytes)]
-        conn = await self._conn(int(db))  # type: ignore[arg-type]
+        self._tree(request.db)
+        keys = list(dict.fromkeys(request.keys))
+        conn = await self._conn(request.db)
         raws = await conn.pipeline([("HGET", meta_key_for(k), k) for k in keys])
-        return {"metas": [[k, raw] for k, raw in zip(keys, raws, strict=True) if raw]}
+        return MetasReply(
+            {k: raw for k, raw in zip(keys, raws, strict=True) if isinstance(raw, bytes) and raw}
+        )
 
-    async def _on_ship(self, body: dict[str, Any]) -> dict[str, Any]:
-        db, target = body.get("db"), str(body["target"])
-        self._tree(db)
-        keys = [bytes(k) for k in body["keys"] if isinstance(k, bytes) and not is_internal(k)]
-        shipped = await self.shipper.ship(int(db), keys, target)  # type: ignore[arg-type]
+    async def _on_ship(self, request: Ship) -> Shipped:
+        self._tree(request.db)
+        keys = [k for k in dict.fromkeys(request.keys) if not is_internal(k)]
+        shipped = await self.shipper.ship(request.db, keys, request.target)
         self.keys_repaired += shipped
-        return {"shipped": shipped}
+        return Shipped(shipped)
 
-    async def _on_resync(self, body: dict[str, Any]) -> dict[str, Any]:
-        target = str(body["target"])
+    async def _on_resync(self, request: Resync) -> Shipped:
         shipped = 0
         for db in self.trees:
-            shipped += await self.shipper.ship_everything(db, target)
-        log.info("resync streamed: target=%s keys=%d", target, shipped)
-        return {"shipped": shipped}
+            shipped += await self.shipper.ship_everything(db, request.target)
+        log.info("resync streamed: target=%s keys=%d", request.target, shipped)
+        return Shipped(shipped)
 
-    async def _on_selfcheck(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _on_selfcheck(self) -> SelfcheckReply:
         checked = inconsistent = 0
         sample: list[str] = []
         for db in self.trees:
             c, bad = await self.selfcheck(db)
             checked += c
             inconsistent += len(bad)
-            sample += [k.decode("utf-8", "backslashreplace") for k in bad[: 20 - len(sample)]]
-        return {"checked": checked, "inconsistent": inconsistent, "sample": sample}
+            sample += [
+                k.decode("utf-8", "backslashreplace") for k in bad[: MAX_SAMPLE - len(sample)]
+            ]
+        return SelfcheckReply(checked, inconsistent, tuple(s[:1024] for s in sample))
 
     async def refresh_slots(self, db: int, slots: Sequence[int]) -> int:
         """Recompute these leaves from Redis; returns how many had drifted. For slots
@@ -437,20 +558,25 @@ class AntiEntropy:
         try:
             if mode == "resync":
                 t0 = time.monotonic()
-                body = await self._request(
-                    report, session, "resync", timeout_s=24 * 3600.0, target=self.region
+                shipped = await self._request(
+                    report, session, Resync(self.region), timeout_s=24 * 3600.0
                 )
-                report.repaired["fetched"] = int(body["shipped"])
+                report.repaired["fetched"] = shipped.shipped
                 report.durations_s["resync"] = time.monotonic() - t0
             await self._compare(report, session, dry_run=mode in ("dry-run", "verify"))
             if mode == "verify":
                 await self._verify_data(report, session)
             report.finish("ok")
             self.sessions_ok += 1
-        except (SessionError, ReconcilerError, OSError, KafkaError) as exc:
+        except (ReconcilerError, OSError, KafkaError) as exc:
             report.finish("failed", str(exc))
             self.sessions_failed += 1
             log.warning("anti-entropy session failed: peer=%s error=%s", peer, exc)
+        except Exception as exc:
+            # Sessions run at every start: escaping here would make a crash loop.
+            report.finish("failed", f"internal error: {type(exc).__name__}: {exc}")
+            self.sessions_failed += 1
+            log.exception("anti-entropy session failed: peer=%s (internal error)", peer)
         report.durations_s["total"] = time.monotonic() - started
         self.bytes_exchanged += report.bytes_exchanged.get("total", 0)
         self.reports.save(report)  # a disk error is counted there, never fatal
@@ -471,17 +597,16 @@ class AntiEntropy:
     async def _compare(self, report: RepairReport, session: str, *, dry_run: bool) -> None:
         t0 = time.monotonic()
         dbs = sorted(self.trees)
-        hello = await self._request(report, session, "hello", dbs=dbs)
-        roots = {int(db): int(h) for db, h in hello["roots"].items()}
+        hello: HelloReply = await self._request(report, session, Hello(tuple(dbs)))
         report.keys_in_scope = {
             "local": sum(self.trees[db].keys for db in dbs),
-            "peer": sum(int(n) for n in hello["keys"].values()),
+            "peer": sum(hello.keys.values()),
         }
         repair_time = 0.0
         semaphore = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
         for db in dbs:
             tree = self.trees[db]
-            if db not in roots or tree.root == roots[db]:
+            if db not in hello.roots or tree.root == hello.roots[db]:
                 continue
             slots = await self._differing_slots(report, session, db, tree)
             report.leaves_differing += len(slots)
@@ -509,15 +634,13 @@ class AntiEntropy:
     ) -> list[int]:
         differing = [0]
         for level in range(LEAF_LEVEL):
-            body = await self._request(
-                report, session, "children", db=db, level=level, nodes=differing
-            )
+            if not differing:
+                break
+            request = Children(db, level, tuple(differing))
+            reply: ChildrenReply = await self._request(report, session, request)
             ids = [c for n in differing for c in children(level, n)]
-            theirs = body["hashes"]
-            if len(theirs) != len(ids):
-                raise SessionError("peer answered a different number of child hashes")
             row = tree.levels[level + 1]
-            differing = [c for c, h in zip(ids, theirs, strict=True) if row[c] != h]
+            differing = [c for c, h in zip(ids, reply.hashes, strict=True) if row[c] != h]
         return differing
 
     async def _repair_slots(
@@ -531,24 +654,25 @@ class AntiEntropy:
         for slot in slots:
             self._refresh_leaf(tree, slot, mine[slot])
             live = sum(1 for raw in mine[slot].values() if live_digest(raw, now) is not None)
-            sizes[slot] = max(1, math.ceil(live / self.settings.keys_per_bucket))
-        body = await self._request(
-            report, session, "buckets", db=db, slots=[[s, sizes[s]] for s in slots]
+            n = math.ceil(live / self.settings.keys_per_bucket)
+            # Bounded as the responder requires (coarser buckets, same correctness).
+            sizes[slot] = min(MAX_BUCKETS_PER_SLOT, max(1, n))
+        reply: BucketsReply = await self._request(
+            report, session, Buckets(db, tuple((s, sizes[s]) for s in slots))
         )
-        want: list[list[Any]] = []
-        for slot, theirs in zip(slots, body["buckets"], strict=True):
+        want: list[tuple[int, int, frozenset[int]]] = []
+        for slot, theirs in zip(slots, reply.buckets, strict=True):
             ours = bucket_hashes(mine[slot], sizes[slot], now)
             diff = [b for b, (x, y) in enumerate(zip(ours, theirs, strict=True)) if x != y]
             if diff:
-                want.append([slot, sizes[slot], diff])
+                want.append((slot, sizes[slot], frozenset(diff)))
                 report.buckets_differing += len(diff)
         if not want:
             return 0.0
-        body = await self._request(report, session, "entries", db=db, want=want)
-        theirs_tags: dict[bytes, bytes] = {bytes(k): bytes(t) for k, t in body["entries"]}
+        entries: EntriesReply = await self._request(report, session, Entries(db, tuple(want)))
+        theirs_tags = entries.entries
         mine_records: Records = {}
-        for slot, n, diff in want:
-            buckets = set(diff)
+        for slot, n, buckets in want:
             mine_records.update(
                 (k, raw) for k, raw in mine[slot].items() if bucket_of(k, n) in buckets
             )
@@ -565,11 +689,10 @@ class AntiEntropy:
         )
         needed = [k for k in candidates if k in theirs_tags]
         theirs_entries: dict[bytes, Meta] = {}
-        for i in range(0, len(needed), SHIP_KEYS_PER_REQUEST):
-            body = await self._request(
-                report, session, "metas", db=db, keys=needed[i : i + SHIP_KEYS_PER_REQUEST]
-            )
-            theirs_entries.update(leaf_entries([x for pair in body["metas"] for x in pair]))
+        for i in range(0, len(needed), MAX_KEYS_PER_REQUEST):
+            chunk = tuple(needed[i : i + MAX_KEYS_PER_REQUEST])
+            metas: MetasReply = await self._request(report, session, Metas(db, chunk))
+            theirs_entries.update(leaf_entries([x for pair in metas.metas.items() for x in pair]))
         ship: list[bytes] = []
         fetch: list[bytes] = []
         for key in sorted(candidates):
@@ -604,12 +727,10 @@ class AntiEntropy:
         if ship:
             shipped = await self.shipper.ship(db, ship, report.peer)
             report.repaired["shipped"] = report.repaired.get("shipped", 0) + shipped
-        for i in range(0, len(fetch), SHIP_KEYS_PER_REQUEST):
-            chunk = fetch[i : i + SHIP_KEYS_PER_REQUEST]
-            body = await self._request(
-                report, session, "ship", db=db, keys=chunk, target=self.region
-            )
-            report.repaired["fetched"] = report.repaired.get("fetched", 0) + int(body["shipped"])
+        for i in range(0, len(fetch), MAX_KEYS_PER_REQUEST):
+            chunk = tuple(fetch[i : i + MAX_KEYS_PER_REQUEST])
+            reply: Shipped = await self._request(report, session, Ship(db, chunk, self.region))
+            report.repaired["fetched"] = report.repaired.get("fetched", 0) + reply.shipped
         self.keys_repaired += len(ship) + len(fetch)
 
     async def _verify_data(self, report: RepairReport, session: str) -> None:
@@ -619,8 +740,8 @@ class AntiEntropy:
             _, bad = await self.selfcheck(db)
             local_bad += bad
         report.local_inconsistencies = len(local_bad)
-        body = await self._request(report, session, "selfcheck", timeout_s=3600.0)
-        report.peer_inconsistencies = int(body["inconsistent"])
+        reply: SelfcheckReply = await self._request(report, session, Selfcheck(), timeout_s=3600.0)
+        report.peer_inconsistencies = reply.inconsistent
         report.durations_s["selfcheck"] = time.monotonic() - t0
         if local_bad or report.peer_inconsistencies:
             log.warning(

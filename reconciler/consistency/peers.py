@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.consistency.control import ControlChannel, ControlMessage
+from reconciler.consistency.messages import BadMessageError, Heartbeat
 from reconciler.events import PEER_DOWN, PEER_RESTARTED, PEER_UP, log_event
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,6 @@ class PeerState:
     applied: dict[str, dict[int, int]] = field(default_factory=dict)  # per origin region
 
 
-def _offsets(value: object) -> dict[int, int]:
-    if not isinstance(value, dict):
-        return {}
-    offsets = {}
-    for partition, offset in value.items():
-        with contextlib.suppress(TypeError, ValueError):
-            offsets[int(partition)] = int(offset)
-    return offsets
-
-
 class Peers:
     def __init__(
         self,
@@ -74,6 +66,7 @@ class Peers:
         self.on_peer_down = on_peer_down
         self.clock = clock
         self.state = {p: PeerState(p) for p in peers}
+        self.rejected: Counter[str] = Counter()  # heartbeats not taken, by reason
 
     async def handle(self, msg: ControlMessage) -> None:
         """Control-channel handler for heartbeats."""
@@ -88,28 +81,34 @@ class Peers:
             return
         if msg.type != HEARTBEAT:
             return
-        body = msg.body
+        try:
+            beat = Heartbeat.parse(msg.body)
+        except BadMessageError as exc:
+            self.rejected["malformed"] += 1
+            log.warning("heartbeat from %s rejected: %s", msg.sender, exc)
+            return
+        if peer.alive and (beat.epoch, beat.at_ms) <= (peer.epoch, peer.at_ms):
+            # Older than one already taken (a replay, or an earlier daemon of that region):
+            # taking it would move the peer's offsets and watermark backwards. (A peer that
+            # is down may come back with any epoch: its clock may have been stepped back.)
+            self.rejected["out-of-order"] += 1
+            return
         was_alive, old_epoch = peer.alive, peer.epoch
         peer.last_seen = self.clock()
         peer.heartbeats += 1
-        peer.epoch = int(body.get("epoch", 0))
-        peer.status = str(body.get("status", ""))
-        peer.capture_offset = int(body.get("capture_offset", 0))
-        # Added later: an older peer's heartbeat lacks them.
-        peer.since_ms = int(body.get("since_ms", 0))
-        peer.last_repair_ms = int(body.get("last_repair_ms", 0))
-        peer.deadletters = int(body.get("deadletters", 0))
-        lag = body.get("lag", {})
-        peer.lag = {str(k): int(v) for k, v in lag.items()} if isinstance(lag, dict) else {}
-        peer.at_ms = int(body.get("at_ms", 0))
+        peer.epoch = beat.epoch
+        peer.status = beat.status
+        peer.capture_offset = beat.capture_offset
+        peer.since_ms = beat.since_ms
+        peer.last_repair_ms = beat.last_repair_ms
+        peer.deadletters = beat.deadletters
+        peer.lag = dict(beat.lag)
+        peer.at_ms = beat.at_ms
         if peer.lag.get(self.region) == 0:
             peer.caught_up_on_us_ms = peer.at_ms
-        peer.shipped_through_ms = int(body.get("shipped_through_ms", 0))
-        peer.produced = _offsets(body.get("produced"))
-        applied = body.get("applied", {})
-        peer.applied = (
-            {str(k): _offsets(v) for k, v in applied.items()} if isinstance(applied, dict) else {}
-        )
+        peer.shipped_through_ms = beat.shipped_through_ms
+        peer.produced = dict(beat.produced)
+        peer.applied = {region: dict(offsets) for region, offsets in beat.applied.items()}
         peer.alive = True
         if not was_alive:
             reason = "first heartbeat" if old_epoch == 0 else "heard again after missing heartbeats"

@@ -152,7 +152,15 @@ class Daemon:
             self.dead_letters,
             max_drift_ms=config.clock.max_drift_ms,
         )
-        self.control = ControlChannel(kafka, self.region, lambda: self.producer.kafka)
+        self.control = ControlChannel(
+            kafka,
+            self.region,
+            lambda: self.producer.kafka,
+            keyring=self.keyring,
+            signer=self.signer,
+            peers=config.peers,
+            max_drift_ms=config.clock.max_drift_ms,
+        )
         self.peers = Peers(
             self.region,
             list(config.peers),
@@ -711,7 +719,7 @@ class Daemon:
         await self.source.start()
         stack.push_async_callback(self.source.stop)
         self.admin.start()
-        self.control.on("hb", self.peers.handle)
+        self.control.on("hb", self.peers.handle, broadcast=True)
         self.control.on("ae.", self.antientropy.handle)
         # Sessions with pending peers start as each peer's first heartbeat arrives.
         log.info("admin endpoint: http://%s:%d", self.admin.host, self.admin.port)

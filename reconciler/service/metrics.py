@@ -6,7 +6,7 @@ into metric families when Prometheus scrapes, so metrics cost nothing per event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -166,6 +166,33 @@ class DaemonCollector(Collector):
         yield counter("conflicts_won", "Conflicts won by the local version", d.state.conflicts_won)
         yield counter(
             "conflicts_lost", "Conflicts won by the remote version", d.state.conflicts_lost
+        )
+
+        def by_reason(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+            family = CounterMetricFamily(P + name, doc, labels=["region", "reason"])
+            for reason, n in sorted(counts.items()):
+                family.add_metric([region, reason], n)
+            return family
+
+        yield by_reason(
+            "control_rejected",
+            "Control messages dropped (unknown sender, bad signature, malformed, replayed...)",
+            d.control.rejected,
+        )
+        yield by_reason(
+            "heartbeats_rejected",
+            "Peers' heartbeats not taken (malformed, out of order)",
+            d.peers.rejected,
+        )
+        yield by_reason(
+            "antientropy_refused",
+            "Peers' anti-entropy requests refused or failed (busy, rate-limited, malformed...)",
+            ae.refused,
+        )
+        yield by_reason(
+            "antientropy_bad_replies",
+            "Anti-entropy replies dropped or malformed (wrong sender, unexpected, malformed)",
+            ae.bad_replies,
         )
 
         disk = CounterMetricFamily(
