@@ -282,6 +282,11 @@ class StatusSection:
     answers again, and the status says `recovering` before clients trust it."""
     instance_timeout_s: float = setting(1.0, gt=0, le=60)
     """How long an instance check, a status write or a marker write may take."""
+    consistent_max_lag_s: float = setting(2.0, gt=0, le=3600)
+    """`consistent` only while the peers' changes are applied up to a moment at most this
+    long ago: a client failing back may miss only what it wrote elsewhere in that time."""
+    catch_up_sample_s: float = setting(0.25, gt=0, le=60)
+    """How often the peers' topics' end offsets are sampled to measure that lag."""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 
 from reconciler.consistency.antientropy import AntiEntropy
+from reconciler.consistency.catchup import CatchUp
 from reconciler.consistency.control import ControlChannel
 from reconciler.consistency.merkle import MerkleIndex, rebuild
 from reconciler.consistency.peers import BYE, Peers, send_heartbeats
@@ -120,6 +121,8 @@ class Daemon:
         self.index = MerkleIndex(config.redis.dbs)
         self.trees = self.index.trees
         self.region_state = RegionState(config.peers, automatic=config.antientropy.automatic)
+        self.catch_up = CatchUp()
+        self.region_state.caught_up = False  # until the first sample says otherwise
         self.guard = InstanceGuard(
             config.redis.address(config.redis.dbs[0]), timeout_s=config.status.instance_timeout_s
         )
@@ -550,6 +553,28 @@ class Daemon:
         except (OSError, TimeoutError, ReconcilerError) as exc:
             log.debug("status record not written: %s", exc)
 
+    async def _track_catch_up(self) -> None:
+        """Sample how far behind the peers' changes the applier is; `consistent` waits for
+        it to be within `status.consistent_max_lag_s`."""
+        status = self.config.status
+        max_lag_ms = int(status.consistent_max_lag_s * 1000)
+        while not self._stopping.is_set():
+            at_ms = now_ms()
+            try:
+                end = await self.consumer.end_offsets_all()
+                applied = await self.consumer.applied_offsets()
+            except (KafkaError, OSError) as exc:
+                log.debug("catch-up not sampled: %s", exc)
+            else:
+                self.catch_up.sample(at_ms, end, applied)
+            lag_ms = self.catch_up.lag_ms(now_ms())
+            caught_up = lag_ms is not None and lag_ms <= max_lag_ms
+            if caught_up != self.region_state.caught_up:
+                self.region_state.caught_up = caught_up
+                self._publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), status.catch_up_sample_s)
+
     async def _watch_instance(self) -> None:
         """Notice a restarted or replaced Redis within `instance_check_s` of it answering,
         whatever the capture's reconnect backoff is doing."""
@@ -739,6 +764,7 @@ class Daemon:
                 ),
                 group.create_task(self._every(cfg.status.refresh_s, self._status_tick)),
                 group.create_task(self._watch_instance()),
+                group.create_task(self._track_catch_up()),
                 group.create_task(self._every(cfg.tombstones.gc_interval_s, self._gc_tick)),
             ]
             # Capture, consumers and the admin endpoint run (started above, tasks created).

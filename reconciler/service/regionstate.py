@@ -16,10 +16,13 @@ The three statuses, as a failover client reads them:
     it, and clients leave; one that only kept some local writes from being shipped (the
     capture fell off the stream's backlog) leaves the data, and the marker, in place.
 ``repairing``
-    The data was verified since the last gap, and a routine session is running or a peer
-    that came back still needs one. Clients stay, but do not fail back to it yet.
+    The data was verified since the last gap, and a routine session is running, a peer
+    that came back still needs one, or the applier is behind on the peers' changes (a
+    client failing back would not find what it wrote elsewhere moments ago). Clients stay,
+    but do not fail back to it yet.
 ``consistent``
-    Verified since the last gap, every reachable peer compared, nothing running.
+    Verified since the last gap, every reachable peer compared, nothing running, and the
+    peers' changes applied up to a moment no longer ago than the configured bound.
 
 Verified means: after the last gap, the recovery pass (index rebuild and sweep) finished
 and sessions completed with the peers (every peer, or every live one if at least one
@@ -90,6 +93,9 @@ class RegionState:
         self.repaired_since_gap = False
         self.alive: frozenset[str] = frozenset()
         self.running = 0
+        self.caught_up = True
+        """The applier has applied the peers' changes up to a recent moment (set by the
+        daemon from `reconciler.consistency.catchup`)."""
         self._queued: set[tuple[str, SessionMode]] = set()
 
     # -- what the daemon publishes ---------------------------------------------------------
@@ -99,7 +105,7 @@ class RegionState:
         """The status to publish now."""
         if not self.verified:
             return Status.RECOVERING
-        if self.running or self._queued or not self._settled():
+        if self.running or self._queued or not self._settled() or not self.caught_up:
             return Status.REPAIRING
         return Status.CONSISTENT
 

@@ -232,20 +232,28 @@ class ChangeConsumer:
         end = await consumer.end_offsets(assigned)
         return {tp.partition: offset for tp, offset in end.items()}
 
-    async def lag(self, applied: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
-        """Records not yet applied, per peer region (for heartbeats and metrics), from
-        `applied` if the caller has just read `applied_offsets()`. A peer is missing until
-        its partitions are assigned."""
+    async def end_offsets_all(self) -> dict[str, dict[int, int]]:
+        """Per peer region and partition assigned to us, the end offset of its topic now."""
         consumer = self.kafka
         assigned = list(consumer.assignment())
         if not assigned:
             return {}
-        end = await consumer.end_offsets(assigned)
+        end: dict[str, dict[int, int]] = {}
+        for tp, offset in (await consumer.end_offsets(assigned)).items():
+            end.setdefault(self.topics.get(tp.topic, tp.topic), {})[tp.partition] = offset
+        return end
+
+    async def lag(self, applied: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
+        """Records not yet applied, per peer region (for heartbeats and metrics), from
+        `applied` if the caller has just read `applied_offsets()`. A peer is missing until
+        its partitions are assigned."""
+        end = await self.end_offsets_all()
         if applied is None:
             applied = await self.applied_offsets()
-        lag: dict[str, int] = {}
-        for tp in assigned:
-            peer = self.topics.get(tp.topic, tp.topic)
-            done = applied.get(peer, {}).get(tp.partition, 0)
-            lag[peer] = lag.get(peer, 0) + max(0, end[tp] - done)
-        return lag
+        return {
+            peer: sum(
+                max(0, offset - applied.get(peer, {}).get(partition, 0))
+                for partition, offset in partitions.items()
+            )
+            for peer, partitions in end.items()
+        }

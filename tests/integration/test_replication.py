@@ -108,13 +108,13 @@ def test_concurrent_writes_to_the_same_keys_end_identical_everywhere(regions: Re
         metas = [c.hget(meta_key_for(key), key) for c in regions.clients.values()]
         decoded = [decode_meta(m) for m in metas if m is not None]
         if decoded:
-            assert len(decoded) == 3
+            assert len(decoded) == 3, (key, decoded)
             first = decoded[0]
             assert all(
                 (m.clock, m.origin, m.digest, m.deleted)
                 == (first.clock, first.origin, first.digest, first.deleted)
                 for m in decoded
-            )
+            ), (key, decoded)
 
 
 def test_a_deleted_key_stays_deleted_everywhere(regions: Regions) -> None:
