@@ -29,6 +29,34 @@ from replication.model.keys import deadletter_topic
 
 log = logging.getLogger(__name__)
 
+# Every reason a record or an event is dead-lettered for (the `reason_code` header and the
+# `reason` label of reconciler_deadletters_total, which starts at 0 for each: an alert on
+# `increase()` sees the first one too). Where they are decided: replication.model.wire and
+# .auth (records), .admission (events), replication.pipeline.applier and .inbound (Redis).
+REASON_CODES = (
+    # a record as a whole
+    "unsigned",
+    "unknown-key",
+    "bad-signature",
+    "wrong-source",
+    "wrong-target",
+    "undecodable",
+    "oversized",
+    "unknown-schema",
+    # one event
+    "malformed",
+    "clock-range",
+    "origin-mismatch",
+    "unknown-origin",
+    "unknown-clock-region",
+    "clock-ahead",
+    "db-not-replicated",
+    "bad-digest",
+    "unsupported-local",
+    "redis-refused",
+    "local-clock-range",
+)
+
 SIGNED_HEADERS = (
     "reason_code",
     "reason",
@@ -79,7 +107,7 @@ class DeadLetters:
         self.region = signer.region
         self.max_payload = max(1024, max_message_bytes - HEADROOM_BYTES)
         self.count = 0
-        self.by_reason: dict[str, int] = {}
+        self.by_reason: dict[str, int] = dict.fromkeys(REASON_CODES, 0)
         self.failed = 0
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last log, suppressed)
 

@@ -4,6 +4,9 @@ and stay within the drift bound, databases are the replicated ones."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from replication.model.admission import QUARANTINE_REASON, Admission
@@ -12,6 +15,7 @@ from replication.model.event import ChangeEvent
 from replication.model.hlc import ceiling, pack
 from replication.model.value import Kind
 from replication.model.vclock import VectorClock
+from replication.transport.deadletter import REASON_CODES
 
 HERE = Admission("eu-west", frozenset({"us-east", "ap-south"}), frozenset({"old"}), frozenset({0}))
 NOW_MS = 1_800_000_000_000
@@ -76,3 +80,19 @@ def test_any_entry_beyond_the_drift_bound_is_quarantined() -> None:
 @pytest.mark.parametrize("db", [1, 15, 20, 65536])
 def test_events_for_databases_not_replicated_are_refused(db: int) -> None:
     assert reason(event("us-east", {"us-east": NOW_TS}, db=db)) == "db-not-replicated"
+
+
+def test_every_reason_code_the_daemon_uses_is_declared() -> None:
+    """The dead-letter reasons are a fixed set (a metrics label): every code written in
+    the replication package is in REASON_CODES, and REASON_CODES holds nothing else."""
+    root = Path(__file__).resolve().parents[2] / "replication"
+    source = "\n".join(p.read_text() for p in root.rglob("*.py"))
+    patterns = [
+        r'reason="([a-z-]+)"',
+        r'AuthError\(\s*"([a-z-]+)"',
+        r'Refusal\(\s*"([a-z-]+)"',
+        r'Rejection\(\s*\w+,\s*"([a-z-]+)"',
+        r'QUARANTINE_REASON = "([a-z-]+)"',
+    ]
+    used = {code for pattern in patterns for code in re.findall(pattern, source)}
+    assert used == set(REASON_CODES)
