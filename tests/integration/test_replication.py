@@ -8,11 +8,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
 import redis
 
+from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
 from replication.model.digest import value_digest
 from replication.model.keys import deadletter_topic
@@ -21,7 +24,8 @@ from replication.model.value import Kind
 from replication.model.wire import decode_batch, seal_body
 from replication.redis.library import meta_key_for
 from tests.kafkatools import produce_raw, read_topic
-from tests.regions import Regions, metric
+from tests.regions import Regions, metric, running_regions
+from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
 
@@ -257,7 +261,23 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_replication_goes_
     assert metric(metrics, "reconciler_deadletters_total", reason="undecodable") == 1.0
 
 
-def test_sigterm_flushes_acks_and_commits_so_a_restart_redoes_nothing(regions: Regions) -> None:
+@pytest.fixture
+def roomy_regions(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> Iterator[Regions]:
+    """Regions whose Redis keeps a replication backlog that covers a daemon restart, as the
+    README asks of production: writers at full speed outgrow the default 1 MB while a
+    daemon stops and starts on a loaded machine, and that is a (correct) gap."""
+    with running_regions(
+        tmp_path, kafka, redis_factory, redis_config={"repl_backlog_size": "64mb"}
+    ) as running:
+        yield running
+
+
+def test_sigterm_flushes_acks_and_commits_so_a_restart_redoes_nothing(
+    roomy_regions: Regions,
+) -> None:
+    regions = roomy_regions
     a, b, _ = regions.names
     regions.wait_status("consistent")
     stop = threading.Event()
