@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from replication.redis.resp import Command, RedisCommandError, RedisUnavailableE
 __all__ = ["InstanceChange", "InstanceGuard", "StatusRefusedError"]
 
 log = logging.getLogger(__name__)
+
+_MASTER_OFFSET_RE = re.compile(r"^master_repl_offset:(\d+)\r?$", re.MULTILINE)
 
 
 class StatusRefusedError(ReconcilerError):
@@ -97,6 +100,13 @@ class InstanceGuard:
             self.marker = None
             return InstanceChange(previous, run_id)
         return None
+
+    async def master_offset(self) -> int | None:
+        """The Redis's replication offset (`master_repl_offset`), or None without one."""
+        info = await self._execute("INFO", "replication")
+        text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
+        match = _MASTER_OFFSET_RE.search(text)
+        return int(match.group(1)) if match else None
 
     async def adopt_marker(self) -> bool:
         """At start: keep the marker a previous run wrote if it names this instance."""

@@ -1,0 +1,88 @@
+"""What this region's heartbeat tells its peers: status, capture position, lag both ways,
+and the watermark sessions settle on (see `reconciler.consistency.settle`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from reconciler.consistency.settle import CaptureWatermark
+from reconciler.service.instance import InstanceGuard
+from reconciler.service.state import DaemonState, now_ms
+from replication.capture.batch import ChangeSource
+from replication.capture.stream import ReplicationStreamSource
+from replication.errors import ReconcilerError
+from replication.transport.consumer import ChangeConsumer
+from replication.transport.deadletter import DeadLetters
+from replication.transport.producer import ChangeProducer
+
+__all__ = ["Heartbeats"]
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeats:
+    """Builds heartbeat bodies and the offsets they (and the settler) are made of."""
+
+    def __init__(
+        self,
+        state: DaemonState,
+        *,
+        guard: InstanceGuard,
+        source: ChangeSource,
+        consumer: ChangeConsumer,
+        producer: ChangeProducer,
+        dead_letters: DeadLetters,
+    ) -> None:
+        self.state = state
+        self.guard = guard
+        self.source = source
+        self.consumer = consumer
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.watermark = CaptureWatermark()
+
+    async def master_offset(self) -> int | None:
+        """Our Redis's replication offset (None if it does not answer)."""
+        try:
+            return await self.guard.master_offset()
+        except (OSError, TimeoutError, ReconcilerError) as exc:
+            log.debug("master offset not read: %s", exc)
+            return None
+
+    def capture_acked(self) -> int | None:
+        """The stream offset the capture has acknowledged (None: a capture without offsets)."""
+        if not isinstance(self.source, ReplicationStreamSource):
+            return None
+        return self.source.stats.acked_offset
+
+    async def body(self) -> dict[str, Any]:
+        """The next heartbeat's body."""
+        at_ms = now_ms()
+        shipped_through = self.watermark.sample(
+            at_ms, await self.master_offset(), self.capture_acked()
+        )
+        lag: dict[str, int] = {}
+        applied: dict[str, dict[int, int]] = {}
+        with contextlib.suppress(Exception):
+            applied = await self.consumer.applied_offsets()
+            lag = await self.consumer.lag(applied)
+            self.state.inbound_lag = lag
+        state = self.state
+        return {
+            "epoch": state.started_ms,
+            "status": state.status,
+            "capture_offset": self.capture_acked() or 0,
+            "since_ms": state.since_ms,
+            "last_repair_ms": state.last_repair_ms,
+            "deadletters": self.dead_letters.count,
+            "lag": lag,
+            "at_ms": at_ms,
+            "shipped_through_ms": shipped_through,
+            "produced": {str(p): o for p, o in self.producer.acked.items()},
+            "applied": {
+                region: {str(p): o for p, o in offsets.items()}
+                for region, offsets in applied.items()
+            },
+        }
