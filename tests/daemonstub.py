@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from reconciler.status import RegionStatus, parse_run_id, write_status
+from reconciler.status import RegionStatus, encode_status, parse_run_id, write_status
 from replication.model.keys import STATUS_KEY
 
 
@@ -97,9 +97,13 @@ class DaemonStub:
                             since_ms=self._since_ms,
                             run_id=forged.run_id or run_id,
                         )
-                        await write_status(client, status, ttl_ms=self.ttl_ms)
-                        if not forged.expiry:
-                            await client.persist(STATUS_KEY)
+                        if forged.expiry:
+                            await write_status(client, status, ttl_ms=self.ttl_ms)
+                        else:  # in one MULTI: never a moment with an expiry
+                            async with client.pipeline(transaction=True) as pipe:
+                                pipe.delete(STATUS_KEY)
+                                pipe.hset(STATUS_KEY, mapping=encode_status(status))
+                                await pipe.execute()
                         self.writes += 1
                         self._changed.set()
                 await asyncio.sleep(self.refresh_s)

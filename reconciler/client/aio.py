@@ -1,10 +1,11 @@
 """The asyncio failover client, a drop-in for ``redis.asyncio.Redis``.
 
-Same behaviour as :mod:`reconciler.client.sync` (same router, same error classification,
-same retry rule); the I/O is redis-py's asyncio client, probes run as one task on the
-client's event loop, and the optional Kafka stream is another task there. Both tasks start
-with the first command (or ``async with`` / ``await client.initialize()``) and are cancelled
-and awaited by :meth:`AsyncFailoverClient.aclose`.
+The same client as :mod:`reconciler.client.sync` (same router, same decisions in
+:mod:`reconciler.client.core`, same settings in :mod:`reconciler.client.base`); the I/O is
+redis-py's asyncio client, probes run as one task on the client's event loop, and the
+optional Kafka stream is another task there. Both tasks start with the first command (or
+``async with`` / ``await client.initialize()``) and are cancelled and awaited by
+:meth:`AsyncFailoverClient.aclose`.
 """
 
 from __future__ import annotations
@@ -13,56 +14,43 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
+from redis.asyncio.lock import Lock
 from redis.commands import AsyncCoreCommands, AsyncRedisModuleCommands, AsyncSentinelCommands
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from reconciler.client.config import ClientConfig, load_client_config
-from reconciler.client.connections import new_client_id, region_kwargs, status_url
-from reconciler.client.errors import (
-    ClientClosedError,
-    CommandOutcomeUnknownError,
-    NoHealthyRegionError,
-)
-from reconciler.client.health import (
-    ErrorKind,
-    RetryPolicy,
-    classify,
-    command_name,
-    failure_code,
-)
-from reconciler.client.metrics import ClientMetrics
-from reconciler.client.probing import (
-    PROBE_COMMANDS,
-    Access,
-    ProbeOutcome,
-    admit,
-    outcome_of_error,
-    outcome_of_replies,
-)
-from reconciler.client.router import Router
+from reconciler.client import core
+from reconciler.client.base import ClientBase, PipelineBase, SendingBase
+from reconciler.client.blocking import FOREVER
+from reconciler.client.core import ATTEMPT_ERRORS, NETWORK_ERRORS, NotSentError
+from reconciler.client.errors import ClientClosedError
+from reconciler.client.probing import PROBE_COMMANDS, admit, report_probe
 
 __all__ = ["AsyncFailoverClient", "AsyncFailoverPipeline"]
 
-_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _STREAM_STOP_S = 15.0
 
-Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+class _AsyncSending(SendingBase):
+    """The asyncio shell's view of a connection (see SendingBase)."""
+
+    __slots__ = ()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await self._conn.send_packed_command(command, check_health)
+        self.sent = True  # a request written whole; one cut short never ran
+
+    async def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)  # math.inf: redis-py's "forever"
+        return await self._conn.read_response(disable_decoding, **kwargs)
 
 
-class _NotSentError(Exception):
-    """Internal: the command never reached the server (carries the real error)."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+assert float("inf") == FOREVER  # what redis.asyncio's read_response takes for "no timeout"
 
 
 class _Region:
@@ -78,44 +66,61 @@ class _Region:
         self.pool: Any = client.connection_pool
         self.probe: Any = probe
 
-    async def call(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """Run one command; a failure before the server could have it is _NotSentError."""
-        pool = self.pool
+    async def connect(self) -> Any:
+        """A connection from the pool; a failure is NotSentError (nothing was sent)."""
         try:
-            conn = await pool.get_connection()
-        except _NETWORK_ERRORS as exc:
-            raise _NotSentError(exc) from exc
+            return await self.pool.get_connection()
+        except NETWORK_ERRORS as exc:
+            raise NotSentError(exc) from exc
+
+    async def call(
+        self, args: tuple[Any, ...], options: dict[str, Any], reply_timeout: float | None
+    ) -> Any:
+        """Run one command; a failure before the server could have it is NotSentError."""
+        pool = self.pool
+        conn = await self.connect()
         try:
             try:
                 await conn.send_command(*args, **options)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 # redis-py disconnects on a send error; an incomplete command never runs.
-                raise _NotSentError(exc) from exc
-            return await self.redis.parse_response(conn, args[0], **options)
-        except _NETWORK_ERRORS:
+                raise NotSentError(exc) from exc
+            reader = conn if reply_timeout is None else _AsyncSending(conn, reply_timeout)
+            return await self.redis.parse_response(reader, args[0], **options)
+        except NETWORK_ERRORS:
             await conn.disconnect()
             raise
         finally:
             await pool.release(conn)
 
-    async def call_pipeline(
-        self, stack: Sequence[Command], transaction: bool, raise_on_error: bool
-    ) -> list[Any]:
-        """Run a pipeline as one unit; a failure to connect is _NotSentError."""
-        pool = self.pool
+    async def call_pipeline(self, queued: core.Queued) -> list[Any]:
+        """Run a queued pipeline as one unit on a connection of its own."""
+        pipe = self.redis.pipeline(transaction=queued.transaction)
+        pipe.connection = await self.connect()  # reset() hands it back to the pool
+        pipe.command_stack = list(queued.stack)
+        pipe.scripts = set(queued.scripts)
         try:
-            conn = await pool.get_connection()
-        except _NETWORK_ERRORS as exc:
-            raise _NotSentError(exc) from exc
-        pipe = self.redis.pipeline(transaction=transaction)
-        pipe.connection = conn  # reset() hands it back to the pool
-        try:
-            for args, options in stack:
-                pipe.pipeline_execute_command(*args, **options)
-            result: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
-            return result
+            return await self.run(pipe, queued.raise_on_error, queued.reply_timeout)
         finally:
             await pipe.reset()
+
+    async def run(self, pipe: Any, raise_on_error: bool, reply_timeout: float | None) -> list[Any]:
+        """Execute what `pipe` holds on its connection, its scripts loaded first; a failure
+        before the request was written whole is NotSentError."""
+        conn = pipe.connection
+        sending = _AsyncSending(conn, reply_timeout)
+        try:
+            if pipe.scripts:
+                await pipe.load_scripts()
+            transaction = pipe.is_transaction or pipe.explicit_transaction
+            run = pipe._execute_transaction if transaction else pipe._execute_pipeline
+            result: list[Any] = await run(sending, pipe.command_stack, raise_on_error)
+            return result
+        except NETWORK_ERRORS as exc:
+            await conn.disconnect()
+            if not sending.sent:
+                raise NotSentError(exc) from exc
+            raise
 
     async def probe_replies(self) -> list[Any]:
         """The replies to PROBE_COMMANDS, read in one MULTI on the probe connection."""
@@ -133,7 +138,7 @@ class _Region:
 # redis-py's asyncio mixins disagree with each other about command_info's type; its own
 # redis.asyncio.Redis combines them the same way.
 class AsyncFailoverClient(  # type: ignore[misc]
-    AsyncRedisModuleCommands, AsyncCoreCommands, AsyncSentinelCommands
+    ClientBase, AsyncRedisModuleCommands, AsyncCoreCommands, AsyncSentinelCommands
 ):
     """A ``redis.asyncio.Redis`` that fails over between regions and back.
 
@@ -143,37 +148,10 @@ class AsyncFailoverClient(  # type: ignore[misc]
     """
 
     _is_async_client: Literal[True] = True
-    _event_dispatcher: Any = None  # declared by redis-py's command protocol, unused here
+    _REDIS = aioredis.Redis
+    _REGION = _Region
 
-    def __init__(
-        self,
-        config: ClientConfig,
-        *,
-        client_id: str | None = None,
-        metrics_registry: Any = None,
-        **redis_kwargs: Any,
-    ) -> None:
-        self.config = config
-        self.instance_id = client_id or new_client_id(config.client_name)
-        policy = config.policy
-        self._router = Router([region.name for region in config.regions], policy)
-        self._retry = RetryPolicy(policy.retry_commands)
-        self._regions: list[_Region] = []
-        self._access = Access()
-        app_hook = redis_kwargs.pop("redis_connect_func", None)
-        for index, region in enumerate(config.regions):
-            kwargs = region_kwargs(region, policy, self.instance_id, redis_kwargs)
-            kwargs["redis_connect_func"] = self._connect_hook(index, region.name, app_hook)
-            probe = region_kwargs(region, policy, self.instance_id, redis_kwargs, probe=True)
-            self._regions.append(
-                _Region(
-                    index,
-                    region.name,
-                    aioredis.Redis.from_url(region.url, **kwargs),
-                    aioredis.Redis.from_url(status_url(region.url, policy.status_db), **probe),
-                )
-            )
-        self.metrics = ClientMetrics(self.instance_id, self._router, metrics_registry)
+    def _start_shell(self) -> None:
         self._started = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,17 +160,18 @@ class AsyncFailoverClient(  # type: ignore[misc]
         self._stream_task: asyncio.Task[None] | None = None
         self._streamer: Any = None
         self._router.add_probe_wakeup(self._poke_prober)
-        if config.kafka is not None:
+        if self.config.kafka is not None:
             from reconciler.client.stream import MetricsStreamer
 
-            self._streamer = MetricsStreamer(config.kafka, self.instance_id, self._router)
+            self._streamer = MetricsStreamer(self.config.kafka, self.instance_id, self._router)
 
     def _connect_hook(
-        self, index: int, name: str, app_hook: Callable[[Any], Any] | None
+        self, index: int, app_hook: Callable[[Any], Any] | None
     ) -> Callable[[Any], Awaitable[None]]:
         """redis-py's ``redis_connect_func``: its handshake (or the application's hook),
         then the instance check, before the connection carries any command."""
         router, access = self._router, self._access
+        name = self.config.regions[index].name
 
         async def on_connect(conn: Any) -> None:
             if app_hook is None:
@@ -209,39 +188,6 @@ class AsyncFailoverClient(  # type: ignore[misc]
             admit(router, index, name, info, access)
 
         return on_connect
-
-    @classmethod
-    def from_config_file(cls, path: str | Path, **kwargs: Any) -> AsyncFailoverClient:
-        """A client configured by a TOML file (see ``configs/client.example.toml``)."""
-        return cls(load_client_config(path), **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<AsyncFailoverClient {self.instance_id} active={self.active_region}>"
-
-    # -- what the application sees ----------------------------------------------------
-
-    @property
-    def active_region(self) -> str:
-        """The region that receives new commands now."""
-        return self._router.active_name
-
-    @property
-    def router(self) -> Router:
-        """The failover state (snapshot(), add_listener()) for monitoring and tests."""
-        return self._router
-
-    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
-        """Expose Prometheus metrics over HTTP; returns the port. Stopped by aclose()."""
-        return self.metrics.serve(port, addr)
-
-    def get_encoder(self) -> Any:
-        """The encoder of the regions' connections (redis-py's command helpers use it)."""
-        return self._regions[0].redis.get_encoder()
-
-    def get_connection_kwargs(self) -> dict[str, Any]:
-        """The home region's connection settings (as redis-py's helpers expect)."""
-        kwargs: dict[str, Any] = self._regions[0].redis.get_connection_kwargs()
-        return kwargs
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -290,6 +236,10 @@ class AsyncFailoverClient(  # type: ignore[misc]
         for region in self._regions:
             await region.aclose()
 
+    async def close(self) -> None:
+        """Same as :meth:`aclose` (redis-py's older name)."""
+        await self.aclose()
+
     async def __aenter__(self) -> AsyncFailoverClient:
         return await self.initialize()
 
@@ -320,137 +270,69 @@ class AsyncFailoverClient(  # type: ignore[misc]
             wake.clear()
 
     async def _probe(self, region: _Region) -> None:
-        outcome = ProbeOutcome(False, None, "probe interrupted")
+        replies, error = None, None
         try:
-            outcome = outcome_of_replies(await region.probe_replies())
+            replies = await region.probe_replies()
         except (RedisError, OSError) as exc:
-            outcome = outcome_of_error(exc, region.name, self._access)
+            error = exc
         finally:
-            self._router.probe_result(
-                region.index, ok=outcome.ok, reading=outcome.reading, detail=outcome.detail
-            )
+            # Always report, or the region would wait for the router's in-flight timeout.
+            report_probe(self._router, (region.index, region.name), self._access, replies, error)
 
     # -- the command path -------------------------------------------------------------
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Send one command to the active region; fail over and retry as the policy says."""
+        return await self._command(self._router.active, args, options, pinned=False)
+
+    async def _command(
+        self, index: int, args: tuple[Any, ...], options: dict[str, Any], *, pinned: bool
+    ) -> Any:
+        """One command from region `index` on (`pinned`: there only)."""
         if not self._started:
             self._start()
         if self._closed:
             raise ClientClosedError
-        index = self._router.active
-        start = time.perf_counter()
-        try:
-            result = await self._regions[index].call(args, options)
-        except (_NotSentError, RedisError, OSError) as exc:
-            return await self._after_error(index, args, options, exc, start)
-        self._router.record_ok(index, time.perf_counter() - start)
-        return result
+        return await self._run(index, self._failover.plan(args, options, pinned=pinned))
 
-    async def _after_error(
-        self,
-        index: int,
-        args: tuple[Any, ...],
-        options: dict[str, Any],
-        exc: BaseException,
-        start: float,
-    ) -> Any:
-        """Account for a failed attempt, then retry elsewhere or raise."""
-        router = self._router
-        name = command_name(args)
-        tried = [index]
-        failures: list[str] = []
+    async def _run(self, index: int, plan: core.Plan) -> Any:
+        """Await `call` of the plan on region `index`, then wherever the core sends it."""
+        (call, done, attempt_of), attempt = plan, None
         while True:
-            elapsed = time.perf_counter() - start
-            cause = exc.cause if isinstance(exc, _NotSentError) else exc
-            kind = classify(cause, sent=not isinstance(exc, _NotSentError), command=name)
-            if kind is ErrorKind.APPLICATION:
-                router.record_app_error(index, elapsed)
-                raise cause
-            if kind is ErrorKind.LOCAL:
-                raise cause
-            region = self._regions[index].name
-            detail = f"{kind.value} {type(cause).__name__}: {cause}"
-            router.record_failure(index, elapsed, detail)
-            failures.append(f"{region}: {detail}")
-            if kind is ErrorKind.UNKNOWN and not self._retry.allows(args):
-                raise CommandOutcomeUnknownError(name, region, cause) from cause
-            following = router.next_region(tried)
-            if following is None:
-                if len(tried) == 1:
-                    raise cause
-                raise NoHealthyRegionError(name, failures) from cause
-            index = following
-            tried.append(index)
             start = time.perf_counter()
             try:
-                result = await self._regions[index].call(args, options)
-            except (_NotSentError, RedisError, OSError) as again:
-                exc = again
-                continue
-            router.record_ok(index, time.perf_counter() - start)
-            return result
+                result = await call(self._regions[index])
+            except ATTEMPT_ERRORS as exc:
+                error = exc
+            else:
+                return done(index, start, result)
+            index, attempt = self._failover.next(attempt, attempt_of, index, error, start)
 
-    async def _execute_pipeline(
-        self, stack: Sequence[Command], transaction: bool, raise_on_error: bool
-    ) -> list[Any]:
+    async def _execute_pipeline(self, queued: core.Queued) -> list[Any]:
         """Run a queued pipeline on the active region as one unit."""
         if not self._started:
             self._start()
         if self._closed:
             raise ClientClosedError
-        router = self._router
-        name = "MULTI" if transaction else "PIPELINE"
-        idempotent = self._retry.allows_all(args for args, _ in stack)
-        index = router.active
-        tried = [index]
-        failures: list[str] = []
-        while True:
-            start = time.perf_counter()
-            try:
-                result = await self._regions[index].call_pipeline(
-                    stack, transaction, raise_on_error
-                )
-            except (_NotSentError, RedisError, OSError) as exc:
-                elapsed = time.perf_counter() - start
-                not_sent = isinstance(exc, _NotSentError)
-                cause = exc.cause if isinstance(exc, _NotSentError) else exc
-                kind = classify(cause, sent=not not_sent, command=name)
-                if kind is ErrorKind.APPLICATION:
-                    router.record_app_error(index, elapsed)
-                    raise cause from None
-                if kind is ErrorKind.LOCAL:
-                    raise cause from None
-                region = self._regions[index].name
-                detail = f"{kind.value} {type(cause).__name__}: {cause}"
-                router.record_failure(index, elapsed, detail)
-                failures.append(f"{region}: {detail}")
-                # Part of a sent pipeline may have run even when one command was refused.
-                if not not_sent and not idempotent:
-                    raise CommandOutcomeUnknownError(name, region, cause) from cause
-                following = router.next_region(tried)
-                if following is None:
-                    if len(tried) == 1:
-                        raise cause from None
-                    raise NoHealthyRegionError(name, failures) from cause
-                index = following
-                tried.append(index)
-                continue
-            elapsed = time.perf_counter() - start
-            refused = next(
-                (r for r in result if isinstance(r, Exception) and failure_code(r)), None
-            )
-            if refused is not None:
-                router.record_failure(index, elapsed, f"in pipeline: {refused}")
-            else:
-                router.record_ok(index, elapsed)
-            return result
+        result: list[Any] = await self._run(
+            self._router.active, self._failover.pipeline_plan(queued)
+        )
+        return result
 
-    # -- pipelines, transactions, pub/sub ---------------------------------------------
+    async def _bind(self) -> tuple[Any, int]:
+        """A connection of the active region for a WATCH (elsewhere if it cannot connect:
+        nothing is watched yet)."""
+        if not self._started:
+            self._start()
+        bound: tuple[Any, int] = await self._run(self._router.active, self._failover.binding())
+        return bound
+
+    # -- pipelines, transactions, locks, pub/sub --------------------------------------
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> AsyncFailoverPipeline:
         """A pipeline whose commands go to one region together when executed."""
-        return AsyncFailoverPipeline(self, transaction, shard_hint)
+        pipe: AsyncFailoverPipeline = self._pipeline(transaction, shard_hint)
+        return pipe
 
     async def transaction(
         self,
@@ -460,7 +342,8 @@ class AsyncFailoverClient(  # type: ignore[misc]
         value_from_callable: bool = False,
         watch_delay: float | None = None,
     ) -> Any:
-        """redis-py's optimistic transaction helper; the transaction runs on one region."""
+        """redis-py's optimistic transaction helper; a WatchError (a concurrent change, or
+        the region failing while watching) runs it again, on the region active then."""
         async with self.pipeline(True, shard_hint) as pipe:
             while True:
                 try:
@@ -476,32 +359,57 @@ class AsyncFailoverClient(  # type: ignore[misc]
                         await asyncio.sleep(watch_delay)
                     continue
 
-    def pubsub(self, **kwargs: Any) -> PubSub:
-        """A redis-py PubSub on the region active now (subscriptions do not fail over)."""
-        pubsub: PubSub = self._regions[self._router.active].redis.pubsub(**kwargs)
-        return pubsub
+    _LOCK = Lock
+    _SCRIPT = AsyncScript
+
+    def _view(self, index: int) -> _AsyncRegionView:
+        return _AsyncRegionView(self, index)
+
+
+class _AsyncRegionView(  # type: ignore[misc]  # see AsyncFailoverClient
+    AsyncRedisModuleCommands, AsyncCoreCommands, AsyncSentinelCommands
+):
+    """The client's commands on one region, never failing over: what a lock is bound to."""
+
+    _is_async_client: Literal[True] = True
+    _event_dispatcher: Any = None
+
+    def __init__(self, client: AsyncFailoverClient, index: int) -> None:
+        self._client = client
+        self._index = index
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run on this view's region; its errors are redis-py's own."""
+        return await self._client._command(self._index, args, options, pinned=True)
+
+    def get_encoder(self) -> Any:
+        """The client's encoder."""
+        return self._client.get_encoder()
+
+    @property
+    def connection_pool(self) -> Any:
+        """The pool of this view's region (AsyncScript reads its encoder there)."""
+        return self._client._regions[self._index].pool
+
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
+        """An ``AsyncScript`` whose commands run on this region."""
+        return AsyncScript(self, script)  # type: ignore[arg-type]  # duck-typed as redis-py's
 
 
 class AsyncFailoverPipeline(  # type: ignore[misc]  # see AsyncFailoverClient
-    AsyncRedisModuleCommands, AsyncCoreCommands, AsyncSentinelCommands
+    PipelineBase, AsyncRedisModuleCommands, AsyncCoreCommands, AsyncSentinelCommands
 ):
     """The asyncio twin of :class:`reconciler.client.sync.FailoverPipeline`.
 
     Commands are queued (``pipe.set(...)`` returns the pipeline, so calls chain) and run on
-    one region at ``await pipe.execute()``; after ``await pipe.watch(...)`` the pipeline is
-    bound to the region active then and behaves as a redis-py pipeline there.
+    one region at ``await pipe.execute()``; ``await pipe.watch(...)`` binds the pipeline to
+    the region active then, and the reads after it are awaited, as in redis-py.
     """
 
     _is_async_client: Literal[True] = True
-    _event_dispatcher: Any = None  # declared by redis-py's command protocol, unused here
 
     def __init__(self, client: AsyncFailoverClient, transaction: bool, shard_hint: Any) -> None:
-        self._client = client
-        self.transaction = transaction
-        self.shard_hint = shard_hint
-        self.command_stack: list[Command] = []
-        self._bound: Any = None  # a redis-py Pipeline once WATCH binds it (untyped API)
-        self._bound_index = -1
+        self._init_queue(client, transaction, shard_hint)
 
     async def __aenter__(self) -> AsyncFailoverPipeline:
         return self
@@ -515,81 +423,97 @@ class AsyncFailoverPipeline(  # type: ignore[misc]  # see AsyncFailoverClient
     async def _self(self) -> AsyncFailoverPipeline:
         return self
 
-    def __len__(self) -> int:
-        return len(self.command_stack) if self._bound is None else len(self._bound)
-
-    def __bool__(self) -> bool:
-        return True
-
-    def get_encoder(self) -> Any:
-        """The client's encoder (redis-py's command helpers use it)."""
-        return self._client.get_encoder()
-
-    def get_connection_kwargs(self) -> dict[str, Any]:
-        """The client's connection settings (redis-py's command helpers use them)."""
-        return self._client.get_connection_kwargs()
-
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Queue a command (or, bound by WATCH, do what a redis-py pipeline does)."""
-        if self._bound is not None:
-            return self._bound.execute_command(*args, **options)
-        self.command_stack.append((args, options))
-        return self
+        """Queue a command and return the pipeline; on a pipeline bound by WATCH (and for
+        WATCH itself) a coroutine, as redis-py's asyncio pipeline."""
+        if self._bound is None:
+            if not self._binds(args):
+                return self._queue(args, options)
+            return self._now(args, options)
+        if not self._immediate(args):
+            self._bound.pipeline_execute_command(*args, **options)
+            return self
+        return self._now(args, options)
 
-    def _bind(self) -> Any:
-        client = self._client
-        index = client._router.active
+    async def _bind(self) -> None:
+        client: AsyncFailoverClient = self._client
+        conn, index = await client._bind()
         bound = client._regions[index].redis.pipeline(self.transaction, self.shard_hint)
-        for args, options in self.command_stack:
-            bound.pipeline_execute_command(*args, **options)
-        self.command_stack = []
-        self._bound, self._bound_index = bound, index
-        return bound
+        bound.connection = conn  # reset() hands it back to the pool
+        self._bound_to(bound, index)
+
+    def _now(self, args: tuple[Any, ...], options: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+        return self._run_now(args, options)
+
+    async def _run_now(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """WATCH, or a command of a WATCH transaction before MULTI, on its connection."""
+        if self._bound is None:
+            await self._bind()
+        bound, index = self._bound, self._bound_index
+        failover = self._client._failover
+        await self._check_bound()
+        start = time.perf_counter()
+        try:
+            result = await bound.immediate_execute_command(*args, **options)
+        except (RedisError, OSError) as exc:
+            failover.bound_failed(index, exc, time.perf_counter() - start)
+            if not bound.watching:
+                await self._unbind()
+            raise
+        return failover.ok(index, start, result)
+
+    async def _check_bound(self) -> None:
+        lost = self._client._failover.lost_watch(self._bound_index)
+        if lost is not None and self._bound.watching:
+            await self._unbind()
+            raise lost
 
     async def watch(self, *names: Any) -> Any:  # type: ignore[override]  # as redis-py's
         """WATCH keys: binds the pipeline to the active region."""
-        bound = self._bound if self._bound is not None else self._bind()
-        return await bound.watch(*names)
+        bound_multi = self._bound is not None and self._bound.explicit_transaction
+        if self.explicit_transaction or bound_multi:
+            raise RedisError("Cannot issue a WATCH after a MULTI")
+        return await self.execute_command("WATCH", *names)
 
     async def unwatch(self) -> Any:  # type: ignore[override]  # as redis-py's Pipeline
         """UNWATCH (only meaningful on a pipeline bound by WATCH)."""
-        if self._bound is None:
+        if not self.watching:
             return True
-        return await self._bound.unwatch()
+        return await self.execute_command("UNWATCH")
 
     def multi(self) -> None:
-        """Start the transactional block after WATCH, as in redis-py."""
-        bound = self._bound if self._bound is not None else self._bind()
-        bound.multi()
+        """Start the transactional block (after WATCH, as in redis-py)."""
+        self._multi()
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Run every queued command on one region; returns their replies in order."""
         if self._bound is not None:
             return await self._execute_bound(raise_on_error)
-        stack, self.command_stack = self.command_stack, []
-        if not stack:
+        queued = self._take(raise_on_error)
+        if queued is None:
             return []
-        return await self._client._execute_pipeline(stack, self.transaction, raise_on_error)
+        result: list[Any] = await self._client._execute_pipeline(queued)
+        return result
 
     async def _execute_bound(self, raise_on_error: bool) -> list[Any]:
         bound, index = self._bound, self._bound_index
-        assert bound is not None
-        router = self._client._router
+        client: AsyncFailoverClient = self._client
+        failover = client._failover
+        await self._check_bound()
+        watching = bool(bound.watching)
+        timeout = failover.pipeline_read_timeout(
+            bound.command_stack, bound.is_transaction or bound.explicit_transaction
+        )
         start = time.perf_counter()
         try:
-            result: list[Any] = await bound.execute(raise_on_error=raise_on_error)
-        except (RedisError, OSError) as exc:
-            elapsed = time.perf_counter() - start
-            kind = classify(exc, sent=True, command="EXEC")
-            if kind.is_failure:
-                router.record_failure(index, elapsed, f"{type(exc).__name__}: {exc}")
-            elif kind is ErrorKind.APPLICATION:
-                router.record_app_error(index, elapsed)
-            raise
+            result = await client._regions[index].run(bound, raise_on_error, timeout)
+        except ATTEMPT_ERRORS as exc:
+            error = exc
+        else:
+            return failover.pipeline_done(index, start, result)
         finally:
             await self._unbind()
-        router.record_ok(index, time.perf_counter() - start)
-        return result
+        raise failover.bound_execute_error(index, watching, error, start)
 
     async def _unbind(self) -> None:
         bound, self._bound, self._bound_index = self._bound, None, -1
@@ -599,8 +523,13 @@ class AsyncFailoverPipeline(  # type: ignore[misc]  # see AsyncFailoverClient
     async def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline
         """Drop queued commands and release a WATCH binding."""
         self.command_stack = []
+        self.scripts = set()
+        self.explicit_transaction = False
         await self._unbind()
 
     async def aclose(self) -> None:
         """Same as reset()."""
         await self.reset()
+
+
+AsyncFailoverClient._PIPELINE = AsyncFailoverPipeline  # defined after the client

@@ -8,39 +8,56 @@ about every resend itself.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reconciler.client.config import PolicyConfig, RegionConfig
-from reconciler.configfile import ConfigError
+from reconciler.client.config import ClientConfig, PolicyConfig, RegionConfig
+from reconciler.configfile import ConfigError, Secret
 
-__all__ = ["PROBE_CONNECTIONS", "new_client_id", "region_kwargs", "status_url"]
+__all__ = [
+    "PROBE_CONNECTIONS",
+    "ClientOptions",
+    "client_options",
+    "new_client_id",
+    "region_kwargs",
+    "status_url",
+]
 
-# Settings the failover client owns; an application passing them would break its guarantees.
-_OWNED = frozenset(
-    {
-        "connection_pool",
-        "host",
-        "max_connections",
-        "password",
-        "port",
-        "retry",
-        "retry_on_error",
-        "retry_on_timeout",
-        "single_connection_client",
-        "socket_connect_timeout",
-        "socket_timeout",
-        "unix_socket_path",
-        "url",
-        "username",
-    }
-)
+# Options of redis.Redis the failover client cannot take, and why (the error names both).
+_REFUSED = {
+    "connection_pool": "the failover client builds one pool per region from its config",
+    "host": "regions are given by [[regions]] url",
+    "port": "regions are given by [[regions]] url",
+    "unix_socket_path": "regions are given by [[regions]] url (unix:///path)",
+    "url": "regions are given by [[regions]] url",
+    "db": "the database is part of each region's url",
+    "max_connections": "set [[regions]] max_connections per region",
+    "single_connection_client": "one connection cannot fail over; use pipeline() or lock()",
+    "retry": (
+        "a retry inside redis-py would resend a command whose reply was lost (an INCR "
+        "applied twice) and hide failures from the health window; the client resends only "
+        "what [policy] retry_commands allows"
+    ),
+    "retry_on_error": "see retry: the client decides about every resend itself",
+    "retry_on_timeout": "see retry: the client decides about every resend itself",
+    "credential_provider": "set [[regions]] username and password_env / password_file",
+    "cache": "a client-side cache filled in one region is not invalidated by another",
+    "cache_config": "a client-side cache filled in one region is not invalidated by another",
+}
+# Options taken in place of a policy setting, for this client only.
+_POLICY_OPTIONS = {
+    "socket_timeout": "command_timeout_s",
+    "socket_connect_timeout": "connect_timeout_s",
+}
 
 PROBE_CONNECTIONS = 1
 
@@ -66,6 +83,65 @@ def status_url(url: str, db: int) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{encoded}" if encoded else "")
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """A client's config with the constructor's overrides applied, and what goes on to
+    every region's redis-py client."""
+
+    config: ClientConfig
+    redis_kwargs: dict[str, Any]
+    """The application's extra redis-py options (``decode_responses``, TLS...)."""
+    connect_hook: Callable[..., Any] | None
+    """The application's own ``redis_connect_func``, run before the instance check."""
+
+
+def client_options(config: ClientConfig, redis_kwargs: dict[str, Any]) -> ClientOptions:
+    """Check the constructor's redis-py options against what the failover client owns.
+
+    ``socket_timeout`` and ``socket_connect_timeout`` replace the policy's command and
+    connect timeouts (positive numbers: a client that waits forever never fails over);
+    ``username`` and ``password`` apply to every region whose config sets none; options
+    the client cannot honour are refused with the reason.
+    """
+    kwargs = dict(redis_kwargs)
+    refused = sorted(_REFUSED.keys() & kwargs.keys())
+    if refused:
+        raise ConfigError(
+            "; ".join(
+                f"redis option {name!r} is not accepted: {_REFUSED[name]}" for name in refused
+            )
+        )
+    policy_changes: dict[str, Any] = {}
+    for option, field_name in _POLICY_OPTIONS.items():
+        if option not in kwargs:
+            continue
+        value = kwargs.pop(option)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(
+                f"redis option {option!r} = {value!r}: expected a number of seconds > 0 "
+                f"(it replaces [policy] {field_name}; a client that waits forever for a "
+                "region never fails over)"
+            )
+        policy_changes[field_name] = float(value)
+    username = kwargs.pop("username", None)
+    password = kwargs.pop("password", None)
+    regions = tuple(
+        dataclasses.replace(
+            region,
+            username=region.username if region.username is not None else username,
+            password=region.password
+            if region.password is not None or password is None
+            else Secret(str(password)),
+        )
+        for region in config.regions
+    )
+    config = dataclasses.replace(
+        config, regions=regions, policy=dataclasses.replace(config.policy, **policy_changes)
+    )
+    hook = kwargs.pop("redis_connect_func", None)
+    return ClientOptions(config, kwargs, hook)
+
+
 def region_kwargs(
     region: RegionConfig,
     policy: PolicyConfig,
@@ -76,23 +152,19 @@ def region_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments for ``redis.Redis.from_url(region.url, **kwargs)`` (or asyncio's).
 
-    `redis_kwargs` are the application's extra redis-py options (``decode_responses``,
-    ``protocol``, TLS files...); options the failover client owns are refused.
+    `redis_kwargs` are the application's extra redis-py options, already checked by
+    :func:`client_options`. The application's ``client_name`` is kept on its connections;
+    without one they are named ``rr:<client id>`` (``CLIENT LIST`` then shows which
+    application a connection belongs to); probes are always ``rr-probe:<client id>``.
     """
-    clash = sorted(_OWNED & redis_kwargs.keys())
-    if clash:
-        raise ConfigError(
-            f"redis option(s) {', '.join(clash)} are set by the failover client "
-            "from its config; remove them from the constructor call"
-        )
     kwargs = dict(redis_kwargs)
     kwargs.update(
         socket_timeout=policy.command_timeout_s,
         socket_connect_timeout=policy.connect_timeout_s,
         retry=Retry(NoBackoff(), 0),
-        # CLIENT LIST on the server then shows which application a connection belongs to.
-        client_name=("rr-probe:" if probe else "rr:") + client_id.replace(" ", "_"),
     )
+    if probe or kwargs.get("client_name") is None:
+        kwargs["client_name"] = ("rr-probe:" if probe else "rr:") + client_id.replace(" ", "_")
     if region.username is not None:
         kwargs["username"] = region.username
     if region.password is not None:

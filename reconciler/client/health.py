@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.exceptions import (
+    AuthenticationError,
     BusyLoadingError,
     ClusterDownError,
     MaxConnectionsError,
@@ -196,6 +197,11 @@ def classify(exc: BaseException, *, sent: bool, command: str = "") -> ErrorKind:
     """
     if isinstance(exc, MaxConnectionsError):
         return ErrorKind.LOCAL
+    if sent and isinstance(exc, AuthenticationError):
+        # The server's answer to the application's own AUTH (redis-py makes it a
+        # ConnectionError): a reply, not a lost one. While connecting it is the region's
+        # credentials failing, which the not-sent branch below counts as a failure.
+        return ErrorKind.APPLICATION
     code = failure_code(exc)
     if code is not None:
         if command in SCRIPT_COMMANDS:
@@ -270,13 +276,22 @@ FAILURE = 2
 
 
 class _Bucket:
-    __slots__ = ("app_errors", "failures", "index", "latency", "latency_sum", "requests")
+    __slots__ = (
+        "app_errors",
+        "failures",
+        "index",
+        "latency",
+        "latency_sum",
+        "requests",
+        "timed",
+    )
 
     def __init__(self) -> None:
         self.index = -1
         self.requests = 0
         self.failures = 0
         self.app_errors = 0
+        self.timed = 0  # requests whose latency is in the histogram
         self.latency_sum = 0.0
         self.latency = [0] * LATENCY_SLOTS
 
@@ -284,6 +299,7 @@ class _Bucket:
         totals.requests += self.requests
         totals.failures += self.failures
         totals.app_errors += self.app_errors
+        totals.timed += self.timed
         totals.latency_sum += self.latency_sum
         merged = totals.latency
         for slot, count in enumerate(self.latency):
@@ -292,7 +308,7 @@ class _Bucket:
 
     def clear(self, index: int) -> None:
         self.index = index
-        self.requests = self.failures = self.app_errors = 0
+        self.requests = self.failures = self.app_errors = self.timed = 0
         self.latency_sum = 0.0
         self.latency = [0] * LATENCY_SLOTS
 
@@ -313,6 +329,8 @@ class WindowStats:
     latency_sum_s: float
     latency_buckets: tuple[tuple[float, int], ...]
     """Cumulative (upper bound seconds, count of latencies <= bound), ascending."""
+    latency_count_total: int = 0
+    """Requests whose latency is in the histogram (blocking commands are not)."""
 
 
 class OutcomeWindow:
@@ -353,16 +371,20 @@ class OutcomeWindow:
         self._current = bucket
         return bucket
 
-    def record(self, now: float, outcome: int, latency_s: float) -> None:
-        """Count one request that ended at `now` (monotonic seconds) with `outcome`."""
+    def record(self, now: float, outcome: int, latency_s: float | None) -> None:
+        """Count one request that ended at `now` (monotonic seconds) with `outcome`;
+        `latency_s` None leaves the latencies alone (a blocking command's wait is not the
+        region's latency)."""
         bucket = self._bucket_at(now)
         bucket.requests += 1
         if outcome == FAILURE:
             bucket.failures += 1
         elif outcome == APP_ERROR:
             bucket.app_errors += 1
-        bucket.latency_sum += latency_s
-        bucket.latency[latency_slot(latency_s)] += 1
+        if latency_s is not None:
+            bucket.timed += 1
+            bucket.latency_sum += latency_s
+            bucket.latency[latency_slot(latency_s)] += 1
 
     def _live(self, now: float) -> list[_Bucket]:
         newest = int(now / self._bucket_s)
@@ -406,13 +428,14 @@ class OutcomeWindow:
             failures=window.failures,
             app_errors=window.app_errors,
             error_rate=window.failures / window.requests if window.requests else 0.0,
-            p50_s=_quantile(window.latency, window.requests, 0.50),
-            p99_s=_quantile(window.latency, window.requests, 0.99),
+            p50_s=_quantile(window.latency, window.timed, 0.50),
+            p99_s=_quantile(window.latency, window.timed, 0.99),
             requests_total=totals.requests,
             failures_total=totals.failures,
             app_errors_total=totals.app_errors,
             latency_sum_s=totals.latency_sum,
             latency_buckets=tuple(cumulative),
+            latency_count_total=totals.timed,
         )
 
 

@@ -115,7 +115,7 @@ class _RouterCollector(Collector):
                 latency.add_metric([*key, "0.99"], stats.p99_s)
             duration.add_metric(
                 key,
-                _fixed_buckets(stats.latency_buckets, stats.requests_total),
+                _fixed_buckets(stats.latency_buckets, stats.latency_count_total),
                 sum_value=stats.latency_sum_s,
             )
             healthy.add_metric(key, 1.0 if region.state is RegionState.HEALTHY else 0.0)

@@ -44,6 +44,7 @@ __all__ = [
     "admit",
     "outcome_of_error",
     "outcome_of_replies",
+    "report_probe",
 ]
 
 log = logging.getLogger("reconciler.client")
@@ -110,6 +111,25 @@ def outcome_of_error(exc: BaseException, region: str, access: Access) -> ProbeOu
     # it answers.
     ok = isinstance(exc, RedisError | OSError) and not classify(exc, sent=True).is_failure
     return ProbeOutcome(ok, None, f"{type(exc).__name__}: {exc}")
+
+
+def report_probe(
+    router: Router,
+    region: tuple[int, str],
+    access: Access,
+    replies: Sequence[Any] | None,
+    error: BaseException | None,
+) -> None:
+    """Tell the router how the probe of `region` (index, name) went: its MULTI answered
+    `replies`, or raised `error` (neither: it was interrupted)."""
+    index, name = region
+    if replies is not None:
+        outcome = outcome_of_replies(replies)
+    elif error is not None:
+        outcome = outcome_of_error(error, name, access)
+    else:
+        outcome = ProbeOutcome(False, None, "probe interrupted")
+    router.probe_result(index, ok=outcome.ok, reading=outcome.reading, detail=outcome.detail)
 
 
 def admit(router: Router, index: int, region: str, info: object, access: Access) -> None:

@@ -62,6 +62,8 @@ _MAX_FLAPS = 3
 _RECENT_EVENTS = 100
 _NO_BASELINE = -2  # no status seen yet since the region failed
 
+_Probe = tuple[bool, Reading | None, str]  # answered, what it read, why not
+
 
 class RegionState(enum.Enum):
     """Whether a region may receive traffic."""
@@ -215,8 +217,9 @@ class Router:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def record_ok(self, index: int, latency_s: float) -> None:
-        """A command on region `index` succeeded in `latency_s`."""
+    def record_ok(self, index: int, latency_s: float | None) -> None:
+        """A command on region `index` succeeded in `latency_s` (None: a blocking command,
+        whose wait says nothing about the region)."""
         with self._lock:
             self._regions[index].window.record(self._clock(), OK, latency_s)
 
@@ -311,22 +314,14 @@ class Router:
             now = self._clock()
             region = self._regions[index]
             if region.state is RegionState.HEALTHY:
-                self._checked(region, now, reading, events, ok=ok, detail=detail)
+                self._checked(region, now, (ok, reading, detail), events)
             else:
-                self._probed(region, now, reading, events, ok=ok, detail=detail)
+                self._probed(region, now, (ok, reading, detail), events)
         self._dispatch(events)
 
-    def _probed(
-        self,
-        region: _Region,
-        now: float,
-        reading: Reading | None,
-        events: list[Event],
-        *,
-        ok: bool,
-        detail: str,
-    ) -> None:
+    def _probed(self, region: _Region, now: float, probe: _Probe, events: list[Event]) -> None:
         """A probe of a failed region: may it take traffic again?"""
+        ok, reading, detail = probe
         policy = self.policy
         if ok:
             region.probes_ok += 1
@@ -348,21 +343,13 @@ class Router:
         if all(r.state is RegionState.FAILED for r in self._regions):
             self._reselect("every region has failed; degraded choice", events)
 
-    def _checked(
-        self,
-        region: _Region,
-        now: float,
-        reading: Reading | None,
-        events: list[Event],
-        *,
-        ok: bool,
-        detail: str,
-    ) -> None:
+    def _checked(self, region: _Region, now: float, probe: _Probe, events: list[Event]) -> None:
         """A check of a healthy region: is there positive evidence against its data?
 
         A check that fails says nothing the command path does not already count (the
         error rate decides about an unreachable region); it only backs off.
         """
+        ok, reading, detail = probe
         policy = self.policy
         if not ok:
             region.next_probe_at = now + policy.probe_interval_s + region.backoff.next_delay()

@@ -7,10 +7,11 @@ command path is redis-py's own (``pool.get_connection`` / ``send_command`` /
 ``parse_response``) split in two so the client knows whether a failed command reached the
 server: a failure while connecting or sending means it was never executed and may go to
 another region whatever it is; a lost reply means it may have been executed, and only a
-command of the policy's ``retry_commands`` is then sent elsewhere.
+command of the policy's ``retry_commands`` is then sent elsewhere. What to do after a
+failure is decided in :mod:`reconciler.client.core`, shared with the asyncio client.
 
 Many threads share one instance: redis-py's pools are thread-safe, the router guards its
-state with one lock, and a background thread probes failed regions.
+state with one lock, and a background thread probes the regions.
 """
 
 from __future__ import annotations
@@ -18,115 +19,109 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import redis
-from redis.client import PubSub
 from redis.commands import CoreCommands, RedisModuleCommands, SentinelCommands
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.commands.core import Script
 from redis.exceptions import RedisError, ResponseError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.lock import Lock
 
-from reconciler.client.config import ClientConfig, load_client_config
-from reconciler.client.connections import new_client_id, region_kwargs, status_url
-from reconciler.client.errors import (
-    ClientClosedError,
-    CommandOutcomeUnknownError,
-    NoHealthyRegionError,
-)
-from reconciler.client.health import (
-    ErrorKind,
-    RetryPolicy,
-    classify,
-    command_name,
-    failure_code,
-)
-from reconciler.client.metrics import ClientMetrics
-from reconciler.client.probing import (
-    PROBE_COMMANDS,
-    Access,
-    ProbeOutcome,
-    admit,
-    outcome_of_error,
-    outcome_of_replies,
-)
-from reconciler.client.router import Router
+from reconciler.client import core
+from reconciler.client.base import ClientBase, PipelineBase, SendingBase
+from reconciler.client.blocking import FOREVER
+from reconciler.client.core import ATTEMPT_ERRORS, NETWORK_ERRORS, NotSentError
+from reconciler.client.errors import ClientClosedError
+from reconciler.client.probing import PROBE_COMMANDS, admit, report_probe
 
 __all__ = ["FailoverClient", "FailoverPipeline"]
 
 log = logging.getLogger("reconciler.client")
 
-_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
-Command = tuple[tuple[Any, ...], dict[str, Any]]
+class _Sending(SendingBase):
+    """The sync shell's view of a connection (see SendingBase; :data:`FOREVER`: no timeout)."""
 
+    __slots__ = ()
 
-class _NotSentError(Exception):
-    """Internal: the command never reached the server (carries the real error)."""
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._conn.send_packed_command(command, check_health)
+        self.sent = True  # a request written whole; one cut short never ran
 
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+    def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", None if self._timeout == FOREVER else self._timeout)
+        return self._conn.read_response(disable_decoding, **kwargs)
 
 
 class _Region:
     """One region's redis-py client (for commands) and a one-connection probe client."""
 
-    def __init__(
-        self,
-        index: int,
-        name: str,
-        redis_client: redis.Redis,
-        probe_client: redis.Redis,
-    ) -> None:
+    def __init__(self, index: int, name: str, client: redis.Redis, probe: redis.Redis) -> None:
         self.index = index
         self.name = name
         # redis-py's connection-level API is untyped; Any keeps mypy strict elsewhere.
-        self.redis: Any = redis_client
-        self.pool: Any = redis_client.connection_pool
-        self.probe: Any = probe_client
+        self.redis: Any = client
+        self.pool: Any = client.connection_pool
+        self.probe: Any = probe
 
-    def call(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
-        """Run one command; a failure before the server could have it is _NotSentError."""
-        pool = self.pool
+    def connect(self) -> Any:
+        """A connection from the pool; a failure is NotSentError (nothing was sent)."""
         try:
-            conn = pool.get_connection()
-        except _NETWORK_ERRORS as exc:
-            raise _NotSentError(exc) from exc
+            return self.pool.get_connection()
+        except NETWORK_ERRORS as exc:
+            raise NotSentError(exc) from exc
+
+    def call(
+        self, args: tuple[Any, ...], options: dict[str, Any], reply_timeout: float | None
+    ) -> Any:
+        """Run one command; a failure before the server could have it is NotSentError."""
+        pool = self.pool
+        conn = self.connect()
         try:
             try:
                 conn.send_command(*args, **options)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 # redis-py disconnects on a send error. A single command is only executed
                 # once complete, and a send that failed did not complete it.
-                raise _NotSentError(exc) from exc
-            return self.redis.parse_response(conn, args[0], **options)
-        except _NETWORK_ERRORS:
+                raise NotSentError(exc) from exc
+            reader = conn if reply_timeout is None else _Sending(conn, reply_timeout)
+            return self.redis.parse_response(reader, args[0], **options)
+        except NETWORK_ERRORS:
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
 
-    def call_pipeline(
-        self, stack: Sequence[Command], transaction: bool, raise_on_error: bool
-    ) -> list[Any]:
-        """Run a pipeline as one unit; a failure to connect is _NotSentError."""
-        pool = self.pool
+    def call_pipeline(self, queued: core.Queued) -> list[Any]:
+        """Run a queued pipeline as one unit on a connection of its own."""
+        pipe = self.redis.pipeline(transaction=queued.transaction)
+        pipe.connection = self.connect()  # reset() hands it back to the pool
+        pipe.command_stack = list(queued.stack)
+        pipe.scripts = set(queued.scripts)
         try:
-            conn = pool.get_connection()
-        except _NETWORK_ERRORS as exc:
-            raise _NotSentError(exc) from exc
-        pipe = self.redis.pipeline(transaction=transaction)
-        pipe.connection = conn  # reset() hands it back to the pool
-        try:
-            for args, options in stack:
-                pipe.pipeline_execute_command(*args, **options)
-            result: list[Any] = pipe.execute(raise_on_error=raise_on_error)
-            return result
+            return self.run(pipe, queued.raise_on_error, queued.reply_timeout)
         finally:
             pipe.reset()
+
+    def run(self, pipe: Any, raise_on_error: bool, reply_timeout: float | None) -> list[Any]:
+        """Execute what `pipe` holds on its connection, its scripts loaded first; a failure
+        before the request was written whole is NotSentError."""
+        conn = pipe.connection
+        sending = _Sending(conn, reply_timeout)
+        try:
+            if pipe.scripts:
+                pipe.load_scripts()
+            transaction = pipe.transaction or pipe.explicit_transaction
+            run = pipe._execute_transaction if transaction else pipe._execute_pipeline
+            result: list[Any] = run(sending, pipe.command_stack, raise_on_error)
+            return result
+        except NETWORK_ERRORS as exc:
+            conn.disconnect()
+            if not sending.sent:
+                raise NotSentError(exc) from exc
+            raise
 
     def probe_replies(self) -> list[Any]:
         """The replies to PROBE_COMMANDS, read in one MULTI on the probe connection."""
@@ -142,7 +137,7 @@ class _Region:
 
 
 class _Prober(threading.Thread):
-    """Probes failed regions (with the router's schedule and backoff) until stopped."""
+    """Probes the regions (with the router's schedule and backoff) until stopped."""
 
     def __init__(self, client: FailoverClient) -> None:
         super().__init__(name=f"rr-probe {client.instance_id}", daemon=True)
@@ -184,76 +179,49 @@ class _Prober(threading.Thread):
                 self._kicked = False
 
     def _probe(self, region: _Region) -> None:
-        outcome = ProbeOutcome(False, None, "probe interrupted")
+        replies, error = None, None
         try:
-            outcome = outcome_of_replies(region.probe_replies())
+            replies = region.probe_replies()
         except (RedisError, OSError) as exc:
-            outcome = outcome_of_error(exc, region.name, self._access)
+            error = exc
         finally:
             # Always report, or the region would wait for the router's in-flight timeout.
-            self._router.probe_result(
-                region.index, ok=outcome.ok, reading=outcome.reading, detail=outcome.detail
-            )
+            report_probe(self._router, (region.index, region.name), self._access, replies, error)
 
 
-class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
+class FailoverClient(ClientBase, RedisModuleCommands, CoreCommands, SentinelCommands):
     """A thread-safe ``redis.Redis`` that fails over between regions and back.
 
     ``FailoverClient(config)`` or ``FailoverClient.from_config_file("client.toml")``;
     extra keyword arguments go to every region's ``redis.Redis`` (``decode_responses``,
-    ``protocol``, TLS options). Use it as a context manager or call :meth:`close`.
+    ``protocol``, TLS options; see docs/client.md for the few that are refused). Use it
+    as a context manager or call :meth:`close`.
     """
 
     _is_async_client: Literal[False] = False
-    _event_dispatcher: Any = None  # declared by redis-py's command protocol, unused here
+    _REDIS = redis.Redis
+    _REGION = _Region
 
-    def __init__(
-        self,
-        config: ClientConfig,
-        *,
-        client_id: str | None = None,
-        metrics_registry: Any = None,
-        **redis_kwargs: Any,
-    ) -> None:
-        self.config = config
-        self.instance_id = client_id or new_client_id(config.client_name)
-        policy = config.policy
-        self._router = Router([region.name for region in config.regions], policy)
-        self._retry = RetryPolicy(policy.retry_commands)
-        self._regions: list[_Region] = []
-        self._access = Access()
+    def _start_shell(self) -> None:
         self._closed = False
         self._close_lock = threading.Lock()
-        app_hook = redis_kwargs.pop("redis_connect_func", None)
-        for index, region in enumerate(config.regions):
-            kwargs = region_kwargs(region, policy, self.instance_id, redis_kwargs)
-            kwargs["redis_connect_func"] = self._connect_hook(index, region.name, app_hook)
-            probe = region_kwargs(region, policy, self.instance_id, redis_kwargs, probe=True)
-            self._regions.append(
-                _Region(
-                    index,
-                    region.name,
-                    redis.Redis.from_url(region.url, **kwargs),
-                    redis.Redis.from_url(status_url(region.url, policy.status_db), **probe),
-                )
-            )
-        self.metrics = ClientMetrics(self.instance_id, self._router, metrics_registry)
         self._prober = _Prober(self)
         self._router.add_probe_wakeup(self._prober.wake)
         self._prober.start()
         self._stream: Any = None
-        if config.kafka is not None:
+        if self.config.kafka is not None:
             from reconciler.client.stream import StreamThread
 
-            self._stream = StreamThread(config.kafka, self.instance_id, self._router)
+            self._stream = StreamThread(self.config.kafka, self.instance_id, self._router)
             self._stream.start()
 
     def _connect_hook(
-        self, index: int, name: str, app_hook: Callable[[Any], None] | None
+        self, index: int, app_hook: Callable[[Any], None] | None
     ) -> Callable[[Any], None]:
         """redis-py's ``redis_connect_func``: its handshake (or the application's hook),
         then the instance check, before the connection carries any command."""
         router, access = self._router, self._access
+        name = self.config.regions[index].name
 
         def on_connect(conn: Any) -> None:
             if app_hook is None:
@@ -269,157 +237,52 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
 
         return on_connect
 
-    @classmethod
-    def from_config_file(cls, path: str | Path, **kwargs: Any) -> FailoverClient:
-        """A client configured by a TOML file (see ``configs/client.example.toml``)."""
-        return cls(load_client_config(path), **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<FailoverClient {self.instance_id} active={self.active_region}>"
-
-    # -- what the application sees ----------------------------------------------------
-
-    @property
-    def active_region(self) -> str:
-        """The region that receives new commands now."""
-        return self._router.active_name
-
-    @property
-    def router(self) -> Router:
-        """The failover state (snapshot(), add_listener()) for monitoring and tests."""
-        return self._router
-
-    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
-        """Expose Prometheus metrics over HTTP; returns the port. Stopped by close()."""
-        return self.metrics.serve(port, addr)
-
-    def get_encoder(self) -> Any:
-        """The encoder of the regions' connections (redis-py's command helpers use it)."""
-        return self._regions[0].redis.get_encoder()
-
-    def get_connection_kwargs(self) -> dict[str, Any]:
-        """The home region's connection settings (as redis-py's helpers expect)."""
-        kwargs: dict[str, Any] = self._regions[0].redis.get_connection_kwargs()
-        return kwargs
-
     # -- the command path -------------------------------------------------------------
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Send one command to the active region; fail over and retry as the policy says."""
+        return self._command(self._router.active, args, options, pinned=False)
+
+    def _command(
+        self, index: int, args: tuple[Any, ...], options: dict[str, Any], *, pinned: bool
+    ) -> Any:
+        """One command from region `index` on (`pinned`: there only; see _RegionView)."""
         if self._closed:
             raise ClientClosedError
-        index = self._router.active
-        start = time.perf_counter()
-        try:
-            result = self._regions[index].call(args, options)
-        except (_NotSentError, RedisError, OSError) as exc:
-            return self._after_error(index, args, options, exc, start)
-        self._router.record_ok(index, time.perf_counter() - start)
+        return self._run(index, self._failover.plan(args, options, pinned=pinned))
+
+    def _run(self, index: int, plan: core.Plan) -> Any:
+        """Run `call` of the plan on region `index`, then wherever the core sends it."""
+        (call, done, attempt_of), attempt = plan, None
+        while True:
+            start = time.perf_counter()
+            try:
+                result = call(self._regions[index])
+            except ATTEMPT_ERRORS as exc:
+                error = exc
+            else:
+                return done(index, start, result)
+            index, attempt = self._failover.next(attempt, attempt_of, index, error, start)
+
+    def _execute_pipeline(self, queued: core.Queued) -> list[Any]:
+        """Run a queued pipeline on the active region as one unit."""
+        if self._closed:
+            raise ClientClosedError
+        result: list[Any] = self._run(self._router.active, self._failover.pipeline_plan(queued))
         return result
 
-    def _after_error(
-        self,
-        index: int,
-        args: tuple[Any, ...],
-        options: dict[str, Any],
-        exc: BaseException,
-        start: float,
-    ) -> Any:
-        """Account for a failed attempt, then retry elsewhere or raise."""
-        router = self._router
-        name = command_name(args)
-        tried = [index]
-        failures: list[str] = []
-        while True:
-            elapsed = time.perf_counter() - start
-            cause = exc.cause if isinstance(exc, _NotSentError) else exc
-            kind = classify(cause, sent=not isinstance(exc, _NotSentError), command=name)
-            if kind is ErrorKind.APPLICATION:
-                router.record_app_error(index, elapsed)
-                raise cause
-            if kind is ErrorKind.LOCAL:
-                raise cause
-            region = self._regions[index].name
-            detail = f"{kind.value} {type(cause).__name__}: {cause}"
-            router.record_failure(index, elapsed, detail)
-            failures.append(f"{region}: {detail}")
-            if kind is ErrorKind.UNKNOWN and not self._retry.allows(args):
-                raise CommandOutcomeUnknownError(name, region, cause) from cause
-            following = router.next_region(tried)
-            if following is None:
-                if len(tried) == 1:
-                    raise cause
-                raise NoHealthyRegionError(name, failures) from cause
-            index = following
-            tried.append(index)
-            start = time.perf_counter()
-            try:
-                result = self._regions[index].call(args, options)
-            except (_NotSentError, RedisError, OSError) as again:
-                exc = again
-                continue
-            router.record_ok(index, time.perf_counter() - start)
-            return result
+    def _bind(self) -> tuple[Any, int]:
+        """A connection of the active region for a WATCH (elsewhere if it cannot connect:
+        nothing is watched yet)."""
+        bound: tuple[Any, int] = self._run(self._router.active, self._failover.binding())
+        return bound
 
-    def _execute_pipeline(
-        self, stack: Sequence[Command], transaction: bool, raise_on_error: bool
-    ) -> list[Any]:
-        """Run a queued pipeline on the active region as one unit (see FailoverPipeline)."""
-        if self._closed:
-            raise ClientClosedError
-        router = self._router
-        commands = [args for args, _ in stack]
-        name = "MULTI" if transaction else "PIPELINE"
-        idempotent = self._retry.allows_all(commands)
-        index = router.active
-        tried = [index]
-        failures: list[str] = []
-        while True:
-            start = time.perf_counter()
-            try:
-                result = self._regions[index].call_pipeline(stack, transaction, raise_on_error)
-            except (_NotSentError, RedisError, OSError) as exc:
-                elapsed = time.perf_counter() - start
-                not_sent = isinstance(exc, _NotSentError)
-                cause = exc.cause if isinstance(exc, _NotSentError) else exc
-                kind = classify(cause, sent=not not_sent, command=name)
-                if kind is ErrorKind.APPLICATION:
-                    router.record_app_error(index, elapsed)
-                    raise cause from None
-                if kind is ErrorKind.LOCAL:
-                    raise cause from None
-                region = self._regions[index].name
-                detail = f"{kind.value} {type(cause).__name__}: {cause}"
-                router.record_failure(index, elapsed, detail)
-                failures.append(f"{region}: {detail}")
-                # Part of a sent pipeline may have run even when one command was refused.
-                if not not_sent and not idempotent:
-                    raise CommandOutcomeUnknownError(name, region, cause) from cause
-                following = router.next_region(tried)
-                if following is None:
-                    if len(tried) == 1:
-                        raise cause from None
-                    raise NoHealthyRegionError(name, failures) from cause
-                index = following
-                tried.append(index)
-                continue
-            elapsed = time.perf_counter() - start
-            refused = next(
-                (r for r in result if isinstance(r, Exception) and failure_code(r)), None
-            )
-            if refused is not None:
-                # raise_on_error=False hands refusals back in the results; the application
-                # sees them as redis-py would show them, and the region's health counts them.
-                router.record_failure(index, elapsed, f"in pipeline: {refused}")
-            else:
-                router.record_ok(index, elapsed)
-            return result
-
-    # -- pipelines, transactions, pub/sub ---------------------------------------------
+    # -- pipelines, transactions, locks, pub/sub --------------------------------------
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> FailoverPipeline:
         """A pipeline whose commands go to one region together when executed."""
-        return FailoverPipeline(self, transaction, shard_hint)
+        pipe: FailoverPipeline = self._pipeline(transaction, shard_hint)
+        return pipe
 
     def transaction(
         self,
@@ -429,8 +292,9 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
         value_from_callable: bool = False,
         watch_delay: float | None = None,
     ) -> Any:
-        """redis-py's optimistic transaction helper: WATCH, call `func`, EXEC; repeat on
-        a concurrent change. The whole transaction runs on one region."""
+        """redis-py's optimistic transaction helper: WATCH, call `func`, EXEC; repeat on a
+        concurrent change, or when the region failed while watching (the next round runs
+        on the region active then)."""
         with self.pipeline(True, shard_hint) as pipe:
             while True:
                 try:
@@ -444,10 +308,11 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
                         time.sleep(watch_delay)
                     continue
 
-    def pubsub(self, **kwargs: Any) -> PubSub:
-        """A redis-py PubSub on the region active now (subscriptions do not fail over)."""
-        pubsub: PubSub = self._regions[self._router.active].redis.pubsub(**kwargs)
-        return pubsub
+    _LOCK = Lock
+    _SCRIPT = Script
+
+    def _view(self, index: int) -> _RegionView:
+        return _RegionView(self, index)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -471,27 +336,46 @@ class FailoverClient(RedisModuleCommands, CoreCommands, SentinelCommands):
         self.close()
 
 
-class FailoverPipeline(RedisModuleCommands, CoreCommands, SentinelCommands):
+class _RegionView(RedisModuleCommands, CoreCommands, SentinelCommands):
+    """The client's commands on one region, never failing over: what a lock is bound to
+    (its token exists in one Redis). Outcomes still count for the region's health."""
+
+    _is_async_client: Literal[False] = False
+    _event_dispatcher: Any = None
+
+    def __init__(self, client: FailoverClient, index: int) -> None:
+        self._client = client
+        self._index = index
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run on this view's region; its errors are redis-py's own."""
+        return self._client._command(self._index, args, options, pinned=True)
+
+    def get_encoder(self) -> Any:
+        """The client's encoder."""
+        return self._client.get_encoder()
+
+    def register_script(self, script: Any) -> Script:
+        """A ``Script`` whose commands run on this region."""
+        return Script(self, script)  # type: ignore[arg-type]  # duck-typed as redis-py's
+
+
+class FailoverPipeline(PipelineBase, RedisModuleCommands, CoreCommands, SentinelCommands):
     """Commands queued here run on one region together at :meth:`execute`.
 
     If the region fails before the pipeline reached it, the whole pipeline goes to the
     next region. If it was sent and the reply was lost, it is resent elsewhere only when
     every command in it is in ``retry_commands``; otherwise
-    :class:`CommandOutcomeUnknownError` is raised. Once :meth:`watch` is called the
-    pipeline is bound to the region active at that moment (an optimistic lock only means
-    something on one server) and behaves exactly as a redis-py pipeline there.
+    :class:`CommandOutcomeUnknownError` is raised. Scripts it runs are loaded first on the
+    region it runs on. ``watch()`` binds the pipeline to the region active at that moment
+    (an optimistic lock only means something on one server): see docs/client.md for what
+    a failover during a WATCH transaction does.
     """
 
     _is_async_client: Literal[False] = False
-    _event_dispatcher: Any = None  # declared by redis-py's command protocol, unused here
 
     def __init__(self, client: FailoverClient, transaction: bool, shard_hint: Any) -> None:
-        self._client = client
-        self.transaction = transaction
-        self.shard_hint = shard_hint
-        self.command_stack: list[Command] = []
-        self._bound: Any = None  # a redis-py Pipeline once WATCH binds it (untyped API)
-        self._bound_index = -1
+        self._init_queue(client, transaction, shard_hint)
 
     def __enter__(self) -> FailoverPipeline:
         return self
@@ -499,83 +383,91 @@ class FailoverPipeline(RedisModuleCommands, CoreCommands, SentinelCommands):
     def __exit__(self, *exc_info: object) -> None:
         self.reset()
 
-    def __len__(self) -> int:
-        return len(self.command_stack) if self._bound is None else len(self._bound)
-
-    def __bool__(self) -> bool:
-        return True
-
-    def get_encoder(self) -> Any:
-        """The client's encoder (redis-py's command helpers use it)."""
-        return self._client.get_encoder()
-
-    def get_connection_kwargs(self) -> dict[str, Any]:
-        """The client's connection settings (redis-py's command helpers use them)."""
-        return self._client.get_connection_kwargs()
-
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue a command (or, on a pipeline bound by WATCH, do what redis-py does)."""
-        if self._bound is None and command_name(args) == "WATCH":
+        if self._bound is None:
+            if not self._binds(args):
+                return self._queue(args, options)
             self._bind()
-        if self._bound is not None:
-            return self._bound.execute_command(*args, **options)
-        self.command_stack.append((args, options))
-        return self
+        if not self._immediate(args):
+            self._bound.pipeline_execute_command(*args, **options)
+            return self
+        return self._now(args, options)
 
     def _bind(self) -> None:
-        client = self._client
-        index = client._router.active
+        client: FailoverClient = self._client
+        conn, index = client._bind()
         bound = client._regions[index].redis.pipeline(self.transaction, self.shard_hint)
-        for args, options in self.command_stack:
-            bound.pipeline_execute_command(*args, **options)
-        self.command_stack = []
-        self._bound, self._bound_index = bound, index
+        bound.connection = conn  # reset() hands it back to the pool
+        self._bound_to(bound, index)
+
+    def _now(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """A command of a WATCH transaction before MULTI, on its region's connection."""
+        bound, index = self._bound, self._bound_index
+        failover = self._client._failover
+        self._check_bound()
+        start = time.perf_counter()
+        try:
+            result = bound.immediate_execute_command(*args, **options)
+        except (RedisError, OSError) as exc:
+            failover.bound_failed(index, exc, time.perf_counter() - start)
+            if not bound.watching:
+                self._unbind()
+            raise
+        return failover.ok(index, start, result)
+
+    def _check_bound(self) -> None:
+        lost = self._client._failover.lost_watch(self._bound_index)
+        if lost is not None and self._bound.watching:
+            self._unbind()
+            raise lost
 
     def watch(self, *names: Any) -> Any:
         """WATCH keys: binds the pipeline to the active region (see the class doc)."""
+        bound_multi = self._bound is not None and self._bound.explicit_transaction
+        if self.explicit_transaction or bound_multi:
+            raise RedisError("Cannot issue a WATCH after a MULTI")
         return self.execute_command("WATCH", *names)
 
     def unwatch(self) -> Any:
         """UNWATCH (only meaningful on a pipeline bound by WATCH)."""
-        if self._bound is None:
+        if not self.watching:
             return True
-        return self._bound.unwatch()
+        return self.execute_command("UNWATCH")
 
     def multi(self) -> None:
-        """Start the transactional block after WATCH, as in redis-py."""
-        if self._bound is None:
-            self._bind()
-        assert self._bound is not None
-        self._bound.multi()
+        """Start the transactional block (after WATCH, as in redis-py)."""
+        self._multi()
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Run every queued command on one region; returns their replies in order."""
         if self._bound is not None:
             return self._execute_bound(raise_on_error)
-        stack, self.command_stack = self.command_stack, []
-        if not stack:
+        queued = self._take(raise_on_error)
+        if queued is None:
             return []
-        return self._client._execute_pipeline(stack, self.transaction, raise_on_error)
+        result: list[Any] = self._client._execute_pipeline(queued)
+        return result
 
     def _execute_bound(self, raise_on_error: bool) -> list[Any]:
         bound, index = self._bound, self._bound_index
-        assert bound is not None
-        router = self._client._router
+        client: FailoverClient = self._client
+        failover = client._failover
+        self._check_bound()
+        watching = bool(bound.watching)
+        timeout = failover.pipeline_read_timeout(
+            bound.command_stack, bound.transaction or bound.explicit_transaction
+        )
         start = time.perf_counter()
         try:
-            result: list[Any] = bound.execute(raise_on_error=raise_on_error)
-        except (RedisError, OSError) as exc:
-            elapsed = time.perf_counter() - start
-            kind = classify(exc, sent=True, command="EXEC")
-            if kind.is_failure:
-                router.record_failure(index, elapsed, f"{type(exc).__name__}: {exc}")
-            elif kind is ErrorKind.APPLICATION:
-                router.record_app_error(index, elapsed)
-            raise
+            result = client._regions[index].run(bound, raise_on_error, timeout)
+        except ATTEMPT_ERRORS as exc:
+            error = exc
+        else:
+            return failover.pipeline_done(index, start, result)
         finally:
             self._unbind()
-        router.record_ok(index, time.perf_counter() - start)
-        return result
+        raise failover.bound_execute_error(index, watching, error, start)
 
     def _unbind(self) -> None:
         bound, self._bound, self._bound_index = self._bound, None, -1
@@ -585,8 +477,13 @@ class FailoverPipeline(RedisModuleCommands, CoreCommands, SentinelCommands):
     def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline.reset
         """Drop queued commands and release a WATCH binding."""
         self.command_stack = []
+        self.scripts = set()
+        self.explicit_transaction = False
         self._unbind()
 
     def close(self) -> None:
         """Same as reset()."""
         self.reset()
+
+
+FailoverClient._PIPELINE = FailoverPipeline  # defined after the client it belongs to

@@ -70,8 +70,13 @@ def test_redis_options_pass_through_but_owned_ones_are_refused(
     with FailoverClient(config, decode_responses=True) as client:
         client.set("k", "v")
         assert client.get("k") == "v"
-    with pytest.raises(ConfigError, match="socket_timeout"):
-        FailoverClient(config, socket_timeout=5)
+    with FailoverClient(config, socket_timeout=5, client_name="checkout") as client:
+        assert client.config.policy.command_timeout_s == 5.0
+        assert client.client_getname() == "checkout"
+    with pytest.raises(ConfigError, match="'retry' is not accepted: a retry inside redis-py"):
+        FailoverClient(config, retry=object())
+    with pytest.raises(ConfigError, match="socket_timeout.*waits forever"):
+        FailoverClient(config, socket_timeout=None)
 
 
 def test_pipelines_and_transactions_run_on_one_region(
