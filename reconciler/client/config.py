@@ -93,7 +93,7 @@ class KafkaConfig:
 
     bootstrap_servers: str = setting(min_len=1)
     """``host:port[,host:port...]``."""
-    topic_prefix: str = setting("rr", min_len=1)
+    topic_prefix: str = setting("reconciler", min_len=1)
     """Messages go to ``<topic_prefix>.clients``."""
     snapshot_interval_s: float = setting(5.0, gt=0)
     """A metrics snapshot is sent this often; events are sent as they happen."""
