@@ -39,6 +39,18 @@ _C = TypeVar("_C", bound="ClientBase")
 _MAX_SCRIPTS = 4096
 
 
+def _require_aiokafka() -> None:
+    """A [kafka] table streams through aiokafka, the client's optional extra."""
+    try:
+        import aiokafka  # noqa: F401  # only to know it is there; the stream imports it
+    except ImportError as exc:
+        raise ConfigError(
+            "[kafka] streams the client's metrics through aiokafka, which is not installed: "
+            "install the client's Kafka extra (pip install 'redis-reconciler[client-kafka]') "
+            "or remove the [kafka] table"
+        ) from exc
+
+
 def refuse(method: str, why: str) -> ConfigError:
     """The error for a redis-py method or option the failover client does not offer."""
     return ConfigError(f"{method} is not available on the failover client: {why}")
@@ -136,6 +148,8 @@ class ClientBase:
         """Build the router and everything around it; returns the settings of the regions'
         redis-py clients."""
         options = client_options(config, redis_kwargs)
+        if config.kafka is not None:
+            _require_aiokafka()
         self.config = options.config
         self.instance_id = client_id or new_client_id(self.config.client_name)
         policy = self.config.policy

@@ -15,14 +15,13 @@ that survived a restart in an AOF, an RDB or a restored backup names an instance
 longer runs), and carries an expiry (the daemon always writes one, so a record without
 one was written by something else, or survived the daemon that stopped refreshing it).
 
-``recovering`` or ``repairing`` in a trusted record means two different things. On an
-instance that carries no marker of a completed repair (``__rr:verified`` naming its own
-``run_id``: restarted empty, restored, flushed) the data is not vouched for: positive
-evidence, traffic leaves. On an instance that does, a repair completed on this very
-dataset and the daemon is checking it again (a routine session because a peer came back,
-an operator's repair, a daemon restart): the data is the one that was verified, so a
-healthy region keeps its traffic, and every client does not leave every region each time
-one region returns from an outage. Neither opens the failback gate.
+``recovering`` in a trusted record means the daemon has not verified the instance since
+its last gap (restarted empty, restored, flushed, or a gap in its change stream): positive
+evidence, traffic leaves. ``repairing`` means a routine session on data that was verified
+(a peer came back, an operator's repair): when the completed-repair marker
+(``__rr:verified``) names this very instance, a healthy region keeps its traffic, so that
+every client does not leave every region each time one region returns from an outage;
+without that marker it counts as ``recovering``. Neither opens the failback gate.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from reconciler.status import (
     is_run_id,
     parse_run_id,
 )
+from replication.model.keys import STATUS_RECOVERING, STATUS_REPAIRING
 
 __all__ = ["Finding", "Reading", "Verdict", "judge", "reading_of"]
 
@@ -65,11 +65,11 @@ class Finding(enum.Enum):
     CONSISTENT = "consistent"
     """A record of this instance and region, with its expiry, says ``consistent``."""
     NOT_CONSISTENT = "not_consistent"
-    """A record of this instance says ``recovering``/``repairing``, and no completed repair
-    on this instance vouches for its data."""
+    """A record of this instance says ``recovering``, or ``repairing`` while no completed
+    repair on this instance vouches for its data."""
     RECHECKING = "rechecking"
-    """A record of this instance says ``recovering``/``repairing``, and a repair completed
-    on this very instance: its daemon is checking verified data again."""
+    """A record of this instance says ``repairing``, and a repair completed on this very
+    instance: a routine session on verified data."""
     FOREIGN = "foreign"
     """The record names another instance: it survived a restart (or was copied)."""
     ABSENT = "absent"
@@ -159,14 +159,16 @@ def judge(region: str, reading: Reading) -> Verdict:
     if reading.pttl_ms <= 0:
         return Verdict(Finding.NO_EXPIRY, "the status record has no expiry")
     if not status.consistent:
-        if reading.verified_run_id == reading.run_id:
+        if status.state == STATUS_REPAIRING and reading.verified_run_id == reading.run_id:
             return Verdict(
                 Finding.RECHECKING,
-                f"its daemon reports it {status.state}, on data a completed repair verified",
+                "its daemon runs a routine session on data a completed repair verified",
             )
         return Verdict(
             Finding.NOT_CONSISTENT,
-            f"its daemon reports it {status.state} and no completed repair vouches for "
-            "this instance",
+            f"its daemon reports it {status.state}: not verified since its last gap"
+            if status.state == STATUS_RECOVERING
+            else f"its daemon reports it {status.state} and no completed repair vouches "
+            "for this instance",
         )
     return Verdict(Finding.CONSISTENT, f"status consistent (updated_ms {status.updated_ms})")

@@ -31,9 +31,12 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from replication.redis.errors import UNAVAILABLE, error_code
+
 # Error replies with which a server refuses a command without executing it because it is
-# not in a state to serve (a failure of the region, not of the request).
-FAILURE_CODES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "OOM"})
+# not in a state to serve (a failure of the region, not of the request): the project's one
+# table of Redis error codes says which (LOADING, READONLY, MASTERDOWN, CLUSTERDOWN, OOM).
+FAILURE_CODES = UNAVAILABLE
 
 # A script may have written before it hit an error, so a refusal from inside one is not a
 # proof that nothing was executed.
@@ -184,8 +187,8 @@ def failure_code(exc: BaseException) -> str | None:
     if isinstance(exc, ResponseError):
         # A refusal redis-py does not map to a class keeps its code as the first word
         # (e.g. inside a script's error).
-        first = str(exc).split(" ", 1)[0]
-        return first if first in FAILURE_CODES else None
+        code = error_code(exc)
+        return code if code in FAILURE_CODES else None
     return None
 
 

@@ -165,3 +165,15 @@ def test_the_status_record_is_read_from_the_status_db_whatever_the_url_names(
     from reconciler.client.connections import status_url
 
     assert status_url(url, 0) == expected
+
+
+def test_the_clients_default_topic_prefix_is_the_daemons() -> None:
+    # A client left on defaults must stream where the daemons and `reconciler clients`
+    # listen (<prefix>.clients), or its metrics go nowhere.
+    import dataclasses
+
+    from reconciler.client.config import KafkaConfig
+    from reconciler.service.config import KafkaSection
+
+    daemon = {f.name: f.default for f in dataclasses.fields(KafkaSection)}
+    assert KafkaConfig(bootstrap_servers="127.0.0.1:9092").topic_prefix == daemon["topic_prefix"]

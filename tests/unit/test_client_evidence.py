@@ -79,8 +79,17 @@ def test_a_daemon_rechecking_data_a_repair_verified_on_this_instance_is_no_evide
     assert not rechecking.against_data
     assert not rechecking.vouches
     # A marker that a previous instance left (restored from disk) proves nothing.
-    restored = judge("eu-west", Reading(RUN, record("recovering"), 4000, verified_run_id=OLD_RUN))
+    restored = judge("eu-west", Reading(RUN, record("repairing"), 4000, verified_run_id=OLD_RUN))
     assert restored.finding is Finding.NOT_CONSISTENT
+
+
+def test_recovering_is_evidence_against_the_data_even_with_this_instances_marker() -> None:
+    # A gap since the last repair (its change stream broke, a FLUSHALL it saw): the daemon
+    # has not verified the instance again, whatever an older marker says.
+    verdict = judge("eu-west", Reading(RUN, record("recovering"), 4000, verified_run_id=RUN))
+    assert verdict.finding is Finding.NOT_CONSISTENT
+    assert verdict.against_data
+    assert "not verified since its last gap" in verdict.reason
 
 
 def test_reading_of_the_raw_replies_of_the_probe() -> None:
