@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
 from redis.commands import AsyncCoreCommands, AsyncRedisModuleCommands, AsyncSentinelCommands
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError, WatchError
@@ -148,8 +149,7 @@ class AsyncFailoverClient(  # type: ignore[misc]
     """
 
     _is_async_client: Literal[True] = True
-    _REDIS = aioredis.Redis
-    _REGION = _Region
+    _SHELL = (aioredis.Redis, _Region, Retry)  # its redis-py client, region and retry classes
 
     def _start_shell(self) -> None:
         self._started = False

@@ -114,8 +114,8 @@ class ClientBase:
 
     _regions: list[Any]
     _event_dispatcher: Any = None  # declared by redis-py's command protocol, unused here
-    _REDIS: Any  # the shell's redis-py client class (redis.Redis or redis.asyncio.Redis)
-    _REGION: Any  # the shell's region class
+    _SHELL: tuple[Any, Any, Any]
+    """The shell's redis-py client class, region class and redis-py Retry class."""
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ class ClientBase:
         redis-py client (``decode_responses``, ``protocol``, TLS options; see
         docs/client.md for the few that are taken differently or refused)."""
         options = self._setup(config, client_id, metrics_registry, redis_kwargs)
-        self._build_regions(options, self._REDIS, self._REGION)
+        self._build_regions(options)
         self._start_shell()
 
     def _start_shell(self) -> None:
@@ -163,16 +163,24 @@ class ClientBase:
         self.metrics = ClientMetrics(self.instance_id, self._router, metrics_registry)
         return options
 
-    def _build_regions(self, options: ClientOptions, redis_class: Any, region_class: Any) -> None:
-        """One region object per configured region: a redis-py client (of `redis_class`)
-        for commands, whose new connections check the instance, and a one-connection
-        client for probes, on the database of the status record."""
+    def _build_regions(self, options: ClientOptions) -> None:
+        """One region object per configured region: a redis-py client for commands, whose
+        new connections check the instance, and a one-connection client for probes, on the
+        database of the status record."""
+        redis_class, region_class, retry_class = self._SHELL
         policy = self.config.policy
         for index, region in enumerate(self.config.regions):
-            kwargs = region_kwargs(region, policy, self.instance_id, options.redis_kwargs)
+            kwargs = region_kwargs(
+                region, policy, self.instance_id, options.redis_kwargs, retry_class=retry_class
+            )
             kwargs["redis_connect_func"] = self._connect_hook(index, options.connect_hook)
             probe = region_kwargs(
-                region, policy, self.instance_id, options.redis_kwargs, probe=True
+                region,
+                policy,
+                self.instance_id,
+                options.redis_kwargs,
+                probe=True,
+                retry_class=retry_class,
             )
             self._regions.append(
                 region_class(

@@ -149,8 +149,12 @@ def region_kwargs(
     redis_kwargs: dict[str, Any],
     *,
     probe: bool = False,
+    retry_class: type[Any] = Retry,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``redis.Redis.from_url(region.url, **kwargs)`` (or asyncio's).
+    """Keyword arguments for ``redis.Redis.from_url(region.url, **kwargs)`` (or asyncio's:
+    `retry_class` is then ``redis.asyncio.retry.Retry``; the sync one would not await
+    redis-py's failure handlers, which turn a connection lost while watching into a
+    WatchError).
 
     `redis_kwargs` are the application's extra redis-py options, already checked by
     :func:`client_options`. The application's ``client_name`` is kept on its connections;
@@ -161,7 +165,7 @@ def region_kwargs(
     kwargs.update(
         socket_timeout=policy.command_timeout_s,
         socket_connect_timeout=policy.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
+        retry=retry_class(NoBackoff(), 0),
     )
     if probe or kwargs.get("client_name") is None:
         kwargs["client_name"] = ("rr-probe:" if probe else "rr:") + client_id.replace(" ", "_")

@@ -27,6 +27,7 @@ from redis.commands import CoreCommands, RedisModuleCommands, SentinelCommands
 from redis.commands.core import Script
 from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.lock import Lock
+from redis.retry import Retry
 
 from reconciler.client import core
 from reconciler.client.base import ClientBase, PipelineBase, SendingBase
@@ -199,8 +200,7 @@ class FailoverClient(ClientBase, RedisModuleCommands, CoreCommands, SentinelComm
     """
 
     _is_async_client: Literal[False] = False
-    _REDIS = redis.Redis
-    _REGION = _Region
+    _SHELL = (redis.Redis, _Region, Retry)  # its redis-py client, region and retry classes
 
     def _start_shell(self) -> None:
         self._closed = False

@@ -75,7 +75,7 @@ def test_redis_options_pass_through_but_owned_ones_are_refused(
         assert client.client_getname() == "checkout"
     with pytest.raises(ConfigError, match="'retry' is not accepted: a retry inside redis-py"):
         FailoverClient(config, retry=object())
-    with pytest.raises(ConfigError, match="socket_timeout.*waits forever"):
+    with pytest.raises(ConfigError, match=r"socket_timeout.*waits forever"):
         FailoverClient(config, socket_timeout=None)
 
 
