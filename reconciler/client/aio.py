@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from reconciler.client import core
 from reconciler.client.base import ClientBase, PipelineBase, SendingBase
-from reconciler.client.blocking import FOREVER
+from reconciler.client.blocking import BLOCKING, FOREVER
 from reconciler.client.core import ATTEMPT_ERRORS, NETWORK_ERRORS, NotSentError
 from reconciler.client.errors import ClientClosedError
 from reconciler.client.probing import PROBE_COMMANDS, admit, report_probe
@@ -283,7 +283,25 @@ class AsyncFailoverClient(  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Send one command to the active region; fail over and retry as the policy says."""
-        return await self._command(self._router.active, args, options, pinned=False)
+        if not self._started or self._closed or args[0] in BLOCKING:
+            return await self._command(self._router.active, args, options, pinned=False)
+        # The common case, without the general loop's closures: one region, one answer.
+        index = self._router.active
+        start = time.perf_counter()
+        try:
+            result = await self._regions[index].call(args, options, None)
+        except ATTEMPT_ERRORS as exc:
+            error = exc
+        else:
+            self._router.record_ok(index, time.perf_counter() - start)
+            return result
+        return await self._resume(index, (args, options), (error, start))
+
+    async def _resume(self, index: int, command: core.Command, failed: tuple[Any, float]) -> Any:
+        """The rest of a command whose first attempt on region `index` failed."""
+        plan = self._failover.plan(*command, pinned=False)
+        index, attempt = self._failover.next(None, plan[2], index, *failed)
+        return await self._run(index, plan, attempt)
 
     async def _command(
         self, index: int, args: tuple[Any, ...], options: dict[str, Any], *, pinned: bool
@@ -295,9 +313,9 @@ class AsyncFailoverClient(  # type: ignore[misc]
             raise ClientClosedError
         return await self._run(index, self._failover.plan(args, options, pinned=pinned))
 
-    async def _run(self, index: int, plan: core.Plan) -> Any:
+    async def _run(self, index: int, plan: core.Plan, attempt: core.Attempt | None = None) -> Any:
         """Await `call` of the plan on region `index`, then wherever the core sends it."""
-        (call, done, attempt_of), attempt = plan, None
+        call, done, attempt_of = plan
         while True:
             start = time.perf_counter()
             try:
@@ -507,10 +525,9 @@ class AsyncFailoverPipeline(  # type: ignore[misc]  # see AsyncFailoverClient
         start = time.perf_counter()
         try:
             result = await client._regions[index].run(bound, raise_on_error, timeout)
+            return failover.pipeline_done(index, start, result)
         except ATTEMPT_ERRORS as exc:
             error = exc
-        else:
-            return failover.pipeline_done(index, start, result)
         finally:
             await self._unbind()
         raise failover.bound_execute_error(index, watching, error, start)

@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from reconciler.client import core
 from reconciler.client.base import ClientBase, PipelineBase, SendingBase
-from reconciler.client.blocking import FOREVER
+from reconciler.client.blocking import BLOCKING, FOREVER
 from reconciler.client.core import ATTEMPT_ERRORS, NETWORK_ERRORS, NotSentError
 from reconciler.client.errors import ClientClosedError
 from reconciler.client.probing import PROBE_COMMANDS, admit, report_probe
@@ -241,7 +241,25 @@ class FailoverClient(ClientBase, RedisModuleCommands, CoreCommands, SentinelComm
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Send one command to the active region; fail over and retry as the policy says."""
-        return self._command(self._router.active, args, options, pinned=False)
+        if self._closed or args[0] in BLOCKING:
+            return self._command(self._router.active, args, options, pinned=False)
+        # The common case, without the general loop's closures: one region, one answer.
+        index = self._router.active
+        start = time.perf_counter()
+        try:
+            result = self._regions[index].call(args, options, None)
+        except ATTEMPT_ERRORS as exc:
+            error = exc
+        else:
+            self._router.record_ok(index, time.perf_counter() - start)
+            return result
+        return self._resume(index, (args, options), (error, start))
+
+    def _resume(self, index: int, command: core.Command, failed: tuple[Any, float]) -> Any:
+        """The rest of a command whose first attempt on region `index` failed."""
+        plan = self._failover.plan(*command, pinned=False)
+        index, attempt = self._failover.next(None, plan[2], index, *failed)
+        return self._run(index, plan, attempt)
 
     def _command(
         self, index: int, args: tuple[Any, ...], options: dict[str, Any], *, pinned: bool
@@ -251,9 +269,9 @@ class FailoverClient(ClientBase, RedisModuleCommands, CoreCommands, SentinelComm
             raise ClientClosedError
         return self._run(index, self._failover.plan(args, options, pinned=pinned))
 
-    def _run(self, index: int, plan: core.Plan) -> Any:
+    def _run(self, index: int, plan: core.Plan, attempt: core.Attempt | None = None) -> Any:
         """Run `call` of the plan on region `index`, then wherever the core sends it."""
-        (call, done, attempt_of), attempt = plan, None
+        call, done, attempt_of = plan
         while True:
             start = time.perf_counter()
             try:
@@ -461,10 +479,9 @@ class FailoverPipeline(PipelineBase, RedisModuleCommands, CoreCommands, Sentinel
         start = time.perf_counter()
         try:
             result = client._regions[index].run(bound, raise_on_error, timeout)
+            return failover.pipeline_done(index, start, result)
         except ATTEMPT_ERRORS as exc:
             error = exc
-        else:
-            return failover.pipeline_done(index, start, result)
         finally:
             self._unbind()
         raise failover.bound_execute_error(index, watching, error, start)
