@@ -81,6 +81,7 @@ class Recovery:
         self.catch_up = CatchUp()
         # Until the first sample: a daemon that starts has not shown it is caught up.
         region_state.caught_up = False
+        region_state.applied_through_ms = None
         self._recovery: asyncio.Task[None] | None = None
         self._verifying = False
 
@@ -286,8 +287,11 @@ class Recovery:
                 self.catch_up.sample(at_ms, end, applied)
             lag_ms = self.catch_up.lag_ms(now_ms())
             caught_up = lag_ms is not None and lag_ms <= max_lag_ms
-            if caught_up != self.region_state.caught_up:
-                self.region_state.caught_up = caught_up
+            rs = self.region_state
+            through = self.catch_up.through_ms
+            if caught_up != rs.caught_up or through != rs.applied_through_ms:
+                rs.caught_up = caught_up
+                rs.applied_through_ms = through
                 self.publish()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), status.catch_up_sample_s)

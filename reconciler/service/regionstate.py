@@ -96,6 +96,12 @@ class RegionState:
         self.caught_up = True
         """The applier has applied the peers' changes up to a recent moment (set by the
         daemon from `reconciler.consistency.catchup`)."""
+        self.applied_through_ms: int | None = 0
+        """Everything the peers produced before this (our clock) is applied (None: not
+        known yet). A repair's fetched keys arrive as the peer's records: the marker waits
+        until they are in Redis."""
+        self.repaired_at_ms = 0
+        """When the last session that counts for the current epoch finished."""
         self._queued: set[tuple[str, SessionMode]] = set()
 
     # -- what the daemon publishes ---------------------------------------------------------
@@ -118,6 +124,8 @@ class RegionState:
             and not self.running
             and not self._queued
             and self._settled()
+            and self.applied_through_ms is not None
+            and self.applied_through_ms >= self.repaired_at_ms
         )
 
     def _settled(self) -> bool:
@@ -143,6 +151,7 @@ class RegionState:
         self.recovering = True
         self.pending = set(self.peers)
         self.repaired_since_gap = False
+        self.repaired_at_ms = 0
         return self.epoch
 
     def recovery_done(self, epoch: int) -> list[SessionRequest]:
@@ -201,8 +210,8 @@ class RegionState:
         """The session left the queue without running (its peer went away meanwhile)."""
         self._queued.discard((request.peer, request.mode))
 
-    def session_finished(self, request: SessionRequest, *, ok: bool) -> bool:
-        """A session ended. Returns True when it should be retried later."""
+    def session_finished(self, request: SessionRequest, *, ok: bool, at_ms: int = 0) -> bool:
+        """A session ended at `at_ms` (our clock). Returns True when it should be retried."""
         self.running -= 1
         if not request.mode.repairs:
             return False
@@ -211,6 +220,7 @@ class RegionState:
         if request.epoch == self.epoch:
             self.pending.discard(request.peer)
             self.repaired_since_gap = True
+            self.repaired_at_ms = max(self.repaired_at_ms, at_ms)
         elif request.peer in self.alive and not self.recovering:
             # It repaired data of an earlier epoch; the current one still needs its own.
             return True

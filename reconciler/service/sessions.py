@@ -123,9 +123,10 @@ class SessionRunner:
                 # else: it went away meanwhile; it stays pending, its return triggers it.
             finally:
                 ok = report is not None and report.result == "ok"
-                retry = self.state.session_finished(request, ok=ok)
+                finished_ms = time.time_ns() // 1_000_000
+                retry = self.state.session_finished(request, ok=ok, at_ms=finished_ms)
                 if ok and request.mode.repairs:
-                    self.last_repair_ms = time.time_ns() // 1_000_000
+                    self.last_repair_ms = finished_ms
                 self._on_change()
             if not done.done() and report is not None:
                 done.set_result(report)

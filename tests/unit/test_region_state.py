@@ -205,3 +205,21 @@ def test_consistent_only_after_a_repair_completed_in_the_epoch_of_the_last_gap(
         if gaps and not confirmed_in_epoch:
             assert state.status is Status.RECOVERING
         assert state.running == len(running)
+
+
+def test_the_marker_waits_until_the_keys_a_repair_fetched_are_applied() -> None:
+    # A session's fetched keys come back as the peer's change records: the session is over
+    # when the peer has shipped them, the data is in Redis only once they are applied.
+    state = running_region()
+    epoch = state.gap()
+    state.applied_through_ms = 500
+    for request in state.recovery_done(epoch):
+        started = state.session_started(request)
+        state.session_finished(started, ok=True, at_ms=1_000)
+    assert not state.wants_verification()
+    state.applied_through_ms = 999
+    assert not state.wants_verification()
+    state.applied_through_ms = 1_000
+    assert state.wants_verification()
+    assert state.verified_as(state.epoch)
+    assert state.status is Status.CONSISTENT
