@@ -155,7 +155,10 @@ class ClientBase:
         policy = self.config.policy
         self._router = Router([region.name for region in self.config.regions], policy)
         self._failover = Failover(
-            self._router, RetryPolicy(policy.retry_commands), policy.command_timeout_s
+            self._router,
+            RetryPolicy(policy.retry_commands),
+            policy.command_timeout_s,
+            resend_lost_replies_before_failover=policy.resend_lost_replies_before_failover,
         )
         self._access = Access()
         self._scripts = ScriptRegistry()

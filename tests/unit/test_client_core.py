@@ -20,9 +20,16 @@ from reconciler.client.router import Router
 POLICY = PolicyConfig(command_timeout_s=0.5, min_requests=1000)
 
 
-def failover() -> Failover:
+def failover(*, resend_lost_replies_before_failover: bool = True) -> Failover:
+    """A core whose first region never fails over by itself (min_requests 1000): with
+    `resend_lost_replies_before_failover` the tests see which commands may move at all."""
     router = Router(("eu-west", "us-east"), POLICY)
-    return Failover(router, RetryPolicy(POLICY.retry_commands), POLICY.command_timeout_s)
+    return Failover(
+        router,
+        RetryPolicy(POLICY.retry_commands),
+        POLICY.command_timeout_s,
+        resend_lost_replies_before_failover=resend_lost_replies_before_failover,
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,6 +64,30 @@ def test_the_read_timeout_is_the_block_time_plus_the_command_timeout_or_forever(
 def test_auth_errors_are_the_applications_when_answered_and_the_regions_when_connecting() -> None:
     assert classify(AuthenticationError("WRONGPASS"), sent=True) is ErrorKind.APPLICATION
     assert classify(AuthenticationError("WRONGPASS"), sent=False) is ErrorKind.NOT_SENT
+
+
+def test_by_default_a_lost_reply_does_not_move_while_its_region_has_not_failed_over() -> None:
+    # A timeout is often a blip, and the other region may lack what this client wrote a
+    # moment ago: a GET resent there would answer "missing" for an idempotency key the
+    # application just stored. The application gets the error, as with plain redis-py.
+    core = failover(resend_lost_replies_before_failover=False)
+    with pytest.raises(RedisTimeoutError):
+        core.command(("GET", "k")).failed(0, RedisTimeoutError("lost"), 0.01)
+    with pytest.raises(RedisConnectionError):
+        core.command(("SET", "k", "v")).failed(0, RedisConnectionError("reset"), 0.01)
+    # A region that refuses connections, or refuses unexecuted, is down: that moves.
+    unsent = NotSentError(RedisConnectionError("refused"))
+    assert core.command(("GET", "k")).failed(0, unsent, 0.01) == 1
+    assert core.command(("GET", "k")).failed(0, BusyLoadingError("loading"), 0.01) == 1
+
+
+def test_by_default_commands_move_once_their_region_has_failed_over() -> None:
+    policy = PolicyConfig(command_timeout_s=0.5, min_requests=1, error_rate_threshold=0.5)
+    router = Router(("eu-west", "us-east"), policy)
+    core = Failover(router, RetryPolicy(policy.retry_commands), policy.command_timeout_s)
+    # This failure crosses the threshold: the region fails over, the read follows it.
+    assert core.command(("GET", "k")).failed(0, RedisTimeoutError("lost"), 0.01) == 1
+    assert router.active_name == "us-east"
 
 
 def test_an_unsent_command_moves_whatever_it_is_and_a_lost_reply_only_if_idempotent() -> None:
