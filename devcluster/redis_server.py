@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
+from devcluster.certs import CertificateAuthority, KeyPair
 from devcluster.ports import LOOPBACK, free_port, wait_until
 from devcluster.process import ServerProcess
 from replication.redis.address import RedisAddress
+from replication.tls import TlsOptions
 
 # Settings every local server gets. AOF (fsync every second) so that a kill -9 followed by
 # a restart "with its data" keeps what was written up to a second before.
@@ -28,18 +32,33 @@ BASE_CONFIG: dict[str, str] = {
 }
 
 
-def _ping(port: int) -> bool:
-    """True once the server answers PING with PONG (not LOADING, not refused)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+@dataclass(frozen=True)
+class RedisTls:
+    """A TLS-only server (``port 0``): its certificate, the CA clients must trust, and the
+    certificate the suite's own connections present (``tls-auth-clients yes``)."""
+
+    ca: CertificateAuthority
+    server: KeyPair
+    client: KeyPair
+
+    @classmethod
+    def make(cls, directory: Path) -> RedisTls:
+        """A fresh CA with a server and a client certificate in `directory`."""
+        ca = CertificateAuthority(directory)
+        return cls(ca, ca.issue("redis-server"), ca.issue("redis-client", server=False))
+
+    @property
+    def client_options(self) -> TlsOptions:
+        """What a client trusting the CA and presenting the client certificate uses."""
+        return self.ca.client_options(self.client)
 
 
 class RedisServer:
-    """A redis-server with start/stop/kill -9/restart (with data, empty, or from a snapshot)."""
+    """A redis-server with start/stop/kill -9/restart (with data, empty, or from a snapshot).
+
+    With `tls`, it listens only on a TLS port (``self.port``) and requires a client
+    certificate signed by the CA; `url` is then rediss:// and `address` carries the options.
+    """
 
     def __init__(
         self,
@@ -48,21 +67,44 @@ class RedisServer:
         *,
         port: int | None = None,
         config: dict[str, str] | None = None,
+        tls: RedisTls | None = None,
     ) -> None:
         self.name = name
         self.dir = base_dir / name
         self.port = port or free_port()
+        self.tls = tls
         self.config = {**BASE_CONFIG, **(config or {})}
         self._process = ServerProcess(f"redis-{name}", self.dir / "redis.log")
 
+    def _connect(self, timeout_s: float) -> socket.socket:
+        sock = socket.create_connection((LOOPBACK, self.port), timeout=timeout_s)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.client_options.context().wrap_socket(sock, server_hostname=LOOPBACK)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _ping(self) -> bool:
+        """True once the server answers PING with PONG (not LOADING, not refused)."""
+        try:
+            with self._connect(0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except (OSError, ssl.SSLError):
+            return False
+
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://{LOOPBACK}:{self.port}/0"
 
     @property
     def address(self) -> RedisAddress:
         """The server's database 0, for the project's own connections and capture."""
-        return RedisAddress(LOOPBACK, self.port)
+        tls = self.tls.client_options if self.tls is not None else None
+        return RedisAddress(LOOPBACK, self.port, tls=tls)
 
     @property
     def pid(self) -> int | None:
@@ -74,7 +116,18 @@ class RedisServer:
 
     def _write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        lines = [f"port {self.port}", f"dir {self.dir}"]
+        if self.tls is None:
+            lines = [f"port {self.port}", f"dir {self.dir}"]
+        else:
+            lines = [
+                "port 0",
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.tls.server.cert}",
+                f"tls-key-file {self.tls.server.key}",
+                f"tls-ca-cert-file {self.tls.ca.cert}",
+                "tls-auth-clients yes",
+                f"dir {self.dir}",
+            ]
         lines += [f"{key} {value}" for key, value in self.config.items()]
         path = self.dir / "redis.conf"
         path.write_text("\n".join(lines) + "\n")
@@ -86,7 +139,7 @@ class RedisServer:
         self._process.spawn(["redis-server", str(conf)], cwd=self.dir, detach=detach)
         try:
             wait_until(
-                lambda: self._process.running and _ping(self.port),
+                lambda: self._process.running and self._ping(),
                 timeout_s=timeout_s,
                 what=f"redis-server {self.name} on port {self.port}",
             )
@@ -116,7 +169,7 @@ class RedisServer:
 
     def snapshot(self, dest: Path) -> Path:
         """SAVE and copy the RDB file to dest, for a later restore from an old snapshot."""
-        with socket.create_connection((LOOPBACK, self.port), timeout=30) as sock:
+        with self._connect(30) as sock:
             sock.sendall(b"SAVE\r\n")
             reply = sock.recv(64)
         if not reply.startswith(b"+OK"):
@@ -154,7 +207,7 @@ class RedisServer:
         for arg in args:
             data = arg.encode()
             payload += b"$%d\r\n%s\r\n" % (len(data), data)
-        with socket.create_connection((LOOPBACK, self.port), timeout=30) as sock:
+        with self._connect(30) as sock:
             sock.sendall(payload)
             return sock.recv(4096)
 

@@ -14,6 +14,7 @@ import redis
 
 from devcluster import KafkaBroker
 from devcluster.daemons import DaemonProcess, keyring_of, wait_for, write_config
+from devcluster.redis_server import RedisTls
 from tests.servers import RedisFactory, track
 
 REGIONS = ("eu-west", "us-east", "ap-south")
@@ -76,17 +77,32 @@ class Regions:
         redis_config: dict[str, str] | None = None,
         daemon_user: str | None = None,
         region_overrides: dict[str, dict[str, Any]] | None = None,
+        redis_tls: RedisTls | None = None,
     ) -> None:
+        """`redis_tls`: every redis-server is TLS-only, daemons and test clients connect
+        with rediss:// and the client certificate."""
         self.base = base
         self.kafka = kafka
         self.names = names
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.servers = {n: redis_factory.start(n, **(redis_config or {})) for n in names}
+        self.servers = {
+            n: redis_factory.start(n, tls=redis_tls, **(redis_config or {})) for n in names
+        }
         self.daemons: dict[str, DaemonProcess] = {}
+        ssl_options = redis_tls.client_options.redis_py_options() if redis_tls else {}
         self.clients = {
-            n: redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=10)
+            n: redis.Redis(
+                host="127.0.0.1", port=s.port, socket_timeout=10, ssl=bool(redis_tls), **ssl_options
+            )
             for n, s in self.servers.items()
         }
+        if redis_tls is not None:
+            tls_keys = {
+                "tls_ca_file": str(redis_tls.ca.cert),
+                "tls_cert_file": str(redis_tls.client.cert),
+                "tls_key_file": str(redis_tls.client.key),
+            }
+            overrides = _merged(overrides or {}, {"redis": tls_keys})
         for name in names:
             url = self.servers[name].url
             if daemon_user:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from devcluster import RedisServer
+from devcluster.redis_server import RedisTls
 
 
 class Server(Protocol):
@@ -42,11 +43,11 @@ class RedisFactory:
         self.base_dir = base_dir
         self.servers: list[RedisServer] = []
 
-    def start(self, name: str, **config: str) -> RedisServer:
-        """Start a redis-server named `name`; extra redis.conf settings as keyword args
-        (underscores become dashes: repl_backlog_size="16kb")."""
+    def start(self, name: str, *, tls: RedisTls | None = None, **config: str) -> RedisServer:
+        """Start a redis-server named `name` (TLS-only with `tls`); extra redis.conf
+        settings as keyword args (underscores become dashes: repl_backlog_size="16kb")."""
         conf = {key.replace("_", "-"): value for key, value in config.items()}
-        server = RedisServer(name, self.base_dir, config=conf)
+        server = RedisServer(name, self.base_dir, config=conf, tls=tls)
         track(server)
         self.servers.append(server)
         server.start()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from reconciler.client.health import DEFAULT_RETRY_COMMANDS
 from reconciler.configfile import ConfigError, Secret, check_fields, load_file, setting
+from replication.tls import TlsError, TlsOptions
 
 __all__ = [
     "ClientConfig",
@@ -37,6 +38,14 @@ class RegionConfig:
     """From ``password_env`` or ``password_file`` in the file; masked in ``repr``."""
     max_connections: int | None = setting(None, ge=1)
     """Cap on this client's connections to the region (default: unbounded, as redis-py)."""
+    tls_ca_file: str | None = None
+    """With rediss://: PEM file of the CA that signed the Redis's certificate (default:
+    the system's CAs)."""
+    tls_cert_file: str | None = None
+    """Client certificate, for a Redis with `tls-auth-clients yes` (with `tls_key_file`)."""
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
+    """Check that the certificate names the URL's host; off, only the chain is verified."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -50,6 +59,29 @@ class RegionConfig:
             raise ConfigError(
                 "'url' contains a password: remove it and set 'password_env' or 'password_file'"
             )
+        options = TlsOptions(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
+        if parts.scheme != "rediss" and options.configured:
+            raise ConfigError(
+                f"'url' = {self.url!r} is not rediss:// but TLS keys are set ('tls_ca_file', "
+                "'tls_cert_file', 'tls_key_file', 'tls_check_hostname'): use rediss:// or "
+                "remove them"
+            )
+        if parts.scheme == "rediss":
+            try:
+                options.check()
+            except TlsError as exc:
+                raise ConfigError(str(exc)) from None
+
+    @property
+    def tls(self) -> TlsOptions | None:
+        """How the region's server is verified (rediss://), None for plain connections."""
+        if urlsplit(self.url).scheme != "rediss":
+            return None
+        return TlsOptions(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
 
 
 @dataclass(frozen=True)

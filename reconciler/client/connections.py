@@ -169,6 +169,9 @@ def region_kwargs(
     )
     if probe or kwargs.get("client_name") is None:
         kwargs["client_name"] = ("rr-probe:" if probe else "rr:") + client_id.replace(" ", "_")
+    tls = region.tls
+    if tls is not None:
+        kwargs.update(tls.redis_py_options())
     if region.username is not None:
         kwargs["username"] = region.username
     if region.password is not None:

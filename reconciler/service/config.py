@@ -27,6 +27,7 @@ from replication.model.keys import (
     is_valid_region_name,
 )
 from replication.redis.address import RedisAddress
+from replication.tls import TlsError, TlsOptions
 from replication.transport.settings import KafkaSettings
 
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -49,11 +50,35 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def tls_options(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, check_hostname: bool
+) -> TlsOptions:
+    """The `tls_*` keys of a section as TlsOptions, checked (files readable, a certificate
+    with its key, PEM that loads); ConfigError naming the key otherwise."""
+    options = TlsOptions(ca_file, cert_file, key_file, check_hostname)
+    try:
+        options.check()
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
+    return options
+
+
+TLS_KEYS = "'tls_ca_file', 'tls_cert_file', 'tls_key_file', 'tls_check_hostname'"
+
+
 @dataclass(frozen=True)
 class RedisSection:
     url: str = setting(min_len=1)
-    """redis://[user@]host:port/db of this region's Redis (no password in the URL)."""
+    """redis://[user@]host:port/db of this region's Redis (no password in the URL);
+    rediss:// for TLS, verified with the `tls_*` keys."""
     password: Secret | None = None
+    tls_ca_file: str | None = None
+    """PEM file of the CA that signed the Redis's certificate (default: the system's CAs)."""
+    tls_cert_file: str | None = None
+    """Client certificate, for a Redis with `tls-auth-clients yes` (with `tls_key_file`)."""
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
+    """Check that the certificate names the URL's host; off, only the chain is verified."""
     dbs: tuple[int, ...] = (0,)
     """Databases replicated; others are ignored (the first one holds the status record)."""
     capture: Literal["psync", "notifications"] = "psync"
@@ -62,10 +87,19 @@ class RedisSection:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not self.url.startswith("redis://"):
-            raise ConfigError(f"'url' = {self.url!r}: expected a redis:// URL")
-        if "@" in self.url and ":" in self.url.split("@")[0].removeprefix("redis://"):
+        if not self.url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"'url' = {self.url!r}: expected a redis:// or rediss:// URL")
+        scheme, _, rest = self.url.partition("://")
+        if "@" in rest and ":" in rest.split("@")[0]:
             raise ConfigError("'url' contains a password: use 'password_env' or 'password_file'")
+        tls = TlsOptions(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
+        if scheme == "redis" and tls.configured:
+            raise ConfigError(
+                f"'url' = {self.url!r} is redis:// (plain TCP) but TLS keys are set "
+                f"({TLS_KEYS}): use rediss:// or remove them"
+            )
         parts = urlsplit(self.url)
         if parts.query or parts.fragment:
             raise ConfigError(
@@ -83,12 +117,21 @@ class RedisSection:
             raise ConfigError(f"'dbs' = {list(self.dbs)}: expected database numbers >= 0")
         if len(set(self.dbs)) != len(self.dbs):
             raise ConfigError(f"'dbs' = {list(self.dbs)}: a database is listed twice")
+        self._tls  # noqa: B018 - unreadable or mismatched certificate files fail at load
+
+    @functools.cached_property
+    def _tls(self) -> TlsOptions | None:
+        if not self.url.startswith("rediss://"):
+            return None
+        return tls_options(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
 
     @functools.cached_property
     def _address(self) -> RedisAddress:
         # Parsed once: every connection of the daemon (capture included) starts from it.
         return RedisAddress.from_url(
-            self.url, password=self.password.reveal() if self.password else None
+            self.url, password=self.password.reveal() if self.password else None, tls=self._tls
         )
 
     def address(self, db: int | None = None) -> RedisAddress:
@@ -112,6 +155,15 @@ class KafkaSection:
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     password: Secret | None = None
+    """The SASL password (`password_env` or `password_file`), never written in the file."""
+    tls_ca_file: str | None = None
+    """With SSL / SASL_SSL: PEM file of the CA that signed the brokers' certificates
+    (default: the system's CAs)."""
+    tls_cert_file: str | None = None
+    """Client certificate for brokers that require one (`ssl.client.auth=required`)."""
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
+    """Check that each broker's certificate names the host it is reached at."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -144,6 +196,23 @@ class KafkaSection:
                 "'sasl_mechanism', 'sasl_username' and the password apply only with "
                 f"security_protocol SASL_PLAINTEXT or SASL_SSL, not {self.security_protocol!r}"
             )
+        tls = TlsOptions(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
+        if not self.security_protocol.endswith("SSL") and tls.configured:
+            raise ConfigError(
+                f"'security_protocol' = {self.security_protocol!r} does not use TLS but TLS "
+                f"keys are set ({TLS_KEYS}): use SSL or SASL_SSL, or remove them"
+            )
+        self._tls  # noqa: B018 - unreadable or mismatched certificate files fail at load
+
+    @functools.cached_property
+    def _tls(self) -> TlsOptions | None:
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        return tls_options(
+            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname
+        )
 
     def settings(self) -> KafkaSettings:
         return KafkaSettings(
@@ -161,6 +230,7 @@ class KafkaSection:
             sasl_mechanism=self.sasl_mechanism,
             sasl_username=self.sasl_username,
             sasl_password=self.password.reveal() if self.password else None,
+            tls=self._tls,
         )
 
 

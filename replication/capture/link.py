@@ -17,6 +17,7 @@ import hiredis
 from replication.capture.batch import CaptureConnectionError, CaptureProtocolError
 from replication.redis.address import RedisAddress
 from replication.redis.errors import error_code
+from replication.tls import TlsError, describe_tls_failure
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -62,15 +63,24 @@ class RespLink(asyncio.Protocol):
 
     @classmethod
     async def open(cls, address: RedisAddress, *, high_water: int, timeout_s: float) -> RespLink:
-        """Connect to `address` (TCP keepalive on, so a dead peer is noticed)."""
+        """Connect to `address`, with TLS for a rediss:// address (TCP keepalive on, so a
+        dead peer is noticed)."""
         loop = asyncio.get_running_loop()
         try:
+            ssl_context = address.tls.context() if address.tls is not None else None
             async with asyncio.timeout(timeout_s):
                 transport, link = await loop.create_connection(
-                    lambda: cls(high_water), address.host, address.port
+                    lambda: cls(high_water),
+                    address.host,
+                    address.port,
+                    ssl=ssl_context,
+                    ssl_handshake_timeout=timeout_s if ssl_context else None,
                 )
+        except TlsError as exc:
+            raise CaptureConnectionError(f"cannot connect to {address}: {exc}") from exc
         except (OSError, TimeoutError) as exc:
-            raise CaptureConnectionError(f"cannot connect to {address}: {exc!r}") from exc
+            reason = describe_tls_failure(exc) or repr(exc)
+            raise CaptureConnectionError(f"cannot connect to {address}: {reason}") from exc
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -17,6 +17,7 @@ import hiredis
 from replication.errors import ReconcilerError
 from replication.redis.address import RedisAddress
 from replication.redis.errors import error_code, is_retriable
+from replication.tls import TlsError, describe_tls_failure
 
 Command = Sequence[bytes | str | int | float]
 
@@ -55,12 +56,21 @@ class RespConnection:
 
     @classmethod
     async def open(cls, address: RedisAddress, *, timeout_s: float = 5.0) -> RespConnection:
-        """Connect, authenticate and select the database."""
+        """Connect (with TLS for a rediss:// address), authenticate and select the database."""
         try:
+            ssl_context = address.tls.context() if address.tls is not None else None
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(address.host, address.port)
-        except (OSError, TimeoutError) as exc:
+                reader, writer = await asyncio.open_connection(
+                    address.host,
+                    address.port,
+                    ssl=ssl_context,
+                    ssl_handshake_timeout=timeout_s if ssl_context else None,
+                )
+        except TlsError as exc:
             raise RedisUnavailableError(f"cannot connect to {address}: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            reason = describe_tls_failure(exc) or str(exc)
+            raise RedisUnavailableError(f"cannot connect to {address}: {reason}") from exc
         conn = cls(address, reader, writer)
         try:
             setup: list[Command] = []

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from replication.tls import TlsOptions
+
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
 
 @dataclass(frozen=True)
 class KafkaSettings:
@@ -23,14 +27,19 @@ class KafkaSettings:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
+    tls: TlsOptions | None = None
+    """How brokers are verified with SSL / SASL_SSL (None: the system's CAs, names checked)."""
 
     def client_options(self) -> dict[str, object]:
-        """Connection options common to every aiokafka client we create."""
+        """Connection options common to every aiokafka client we create (producers,
+        consumers, the admin client): with SSL / SASL_SSL, a fresh verifying SSLContext."""
         options: dict[str, object] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
         }
+        if self.security_protocol in TLS_PROTOCOLS:
+            options["ssl_context"] = (self.tls or TlsOptions()).context()
         if self.sasl_mechanism:
             options |= {
                 "sasl_mechanism": self.sasl_mechanism,

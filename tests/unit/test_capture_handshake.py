@@ -137,9 +137,11 @@ def test_address_password_never_appears_in_repr_or_str() -> None:
     assert RedisAddress.from_url("redis://h").auth_command() is None
 
 
-def test_only_plain_redis_urls_are_accepted() -> None:
-    with pytest.raises(ValueError, match="redis://"):
-        RedisAddress.from_url("rediss://h:6379")
+def test_only_redis_and_rediss_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="rediss://"):
+        RedisAddress.from_url("unix:///tmp/redis.sock")
+    assert RedisAddress.from_url("redis://h:6379").tls is None
+    assert RedisAddress.from_url("rediss://h:6379").tls is not None
     with pytest.raises(ValueError, match="host"):
         RedisAddress.from_url("redis:///0")
     with pytest.raises(ValueError, match="database"):
