@@ -17,8 +17,10 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from devcluster.certs import CertificateAuthority, KeyPair
 from devcluster.ports import LOOPBACK, free_port, port_open, wait_until
 from devcluster.process import ServerProcess
 
@@ -133,8 +135,39 @@ async def _warm_group_coordinator(bootstrap: str) -> None:
         coordinator_log.setLevel(level)
 
 
+SASL_SSL_LISTENER = "SASL_SSL"
+SCRAM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class KafkaSaslSsl:
+    """An extra SASL_SSL listener: TLS with `server` (signed by `ca`), SCRAM-SHA-512 users
+    created when the storage is formatted (`users`: name -> password)."""
+
+    ca: CertificateAuthority
+    server: KeyPair
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, directory: Path, users: Mapping[str, str]) -> KafkaSaslSsl:
+        """A fresh CA and broker certificate in `directory`."""
+        ca = CertificateAuthority(directory)
+        return cls(ca, ca.issue("kafka-broker"), dict(users))
+
+    def keystore(self) -> Path:
+        """Key and certificate in one PEM file, as Kafka's PEM keystore reads it."""
+        path = self.server.cert.with_name("kafka-keystore.pem")
+        path.write_text(self.server.key.read_text() + self.server.cert.read_text())
+        return path
+
+
 class KafkaBroker:
-    """One broker+controller process with its own data directory and log files."""
+    """One broker+controller process with its own data directory and log files.
+
+    With `sasl_ssl`, it also listens on ``sasl_ssl_port`` with SASL_SSL (SCRAM-SHA-512
+    over TLS); the PLAINTEXT listener stays for the broker's own readiness checks and for
+    inter-broker traffic.
+    """
 
     def __init__(
         self,
@@ -145,6 +178,7 @@ class KafkaBroker:
         heap_mb: int = 512,
         version: str = KAFKA_VERSION,
         extra_listeners: Mapping[str, tuple[int, int]] | None = None,
+        sasl_ssl: KafkaSaslSsl | None = None,
     ) -> None:
         """`extra_listeners`: name -> (port, advertised port), more PLAINTEXT listeners
         whose clients are told to reach the broker at the advertised port: put a TCP proxy
@@ -157,8 +191,10 @@ class KafkaBroker:
         self.version = version
         self.extra_listeners = dict(extra_listeners or {})
         for name in self.extra_listeners:
-            if not name.isupper() or name in ("PLAINTEXT", "CONTROLLER"):
+            if not name.isupper() or name in ("PLAINTEXT", "CONTROLLER", SASL_SSL_LISTENER):
                 raise ValueError(f"listener name {name!r}: expected a new upper-case name")
+        self.sasl_ssl = sasl_ssl
+        self.sasl_ssl_port = free_port() if sasl_ssl is not None else None
         self._process = ServerProcess("kafka", self.dir / "console.log")
 
     @property
@@ -166,18 +202,44 @@ class KafkaBroker:
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """host:port of the SASL_SSL listener (only with `sasl_ssl`)."""
+        if self.sasl_ssl_port is None:
+            raise RuntimeError("this broker has no SASL_SSL listener")
+        return f"{LOOPBACK}:{self.sasl_ssl_port}"
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid
+
+    def _sasl_ssl_properties(self) -> dict[str, str]:
+        if self.sasl_ssl is None:
+            return {}
+        prefix = f"listener.name.{SASL_SSL_LISTENER.lower()}"
+        return {
+            "sasl.enabled.mechanisms": SCRAM,
+            f"{prefix}.sasl.enabled.mechanisms": SCRAM,
+            f"{prefix}.{SCRAM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            f"{prefix}.ssl.keystore.type": "PEM",
+            f"{prefix}.ssl.keystore.location": str(self.sasl_ssl.keystore()),
+            f"{prefix}.ssl.truststore.type": "PEM",
+            f"{prefix}.ssl.truststore.location": str(self.sasl_ssl.ca.cert),
+        }
 
     @property
     def running(self) -> bool:
         return self._process.running
 
     def _properties(self) -> str:
-        extra = self.extra_listeners.items()
+        extra = list(self.extra_listeners.items())
+        protocols = ",".join(f"{n}:PLAINTEXT" for n in self.extra_listeners)
+        if self.sasl_ssl_port is not None:
+            extra.append((SASL_SSL_LISTENER, (self.sasl_ssl_port, self.sasl_ssl_port)))
+            protocols = ",".join(filter(None, [protocols, f"{SASL_SSL_LISTENER}:SASL_SSL"]))
         listeners = ",".join(f"{n}://{LOOPBACK}:{port}" for n, (port, _) in extra)
         advertised = ",".join(f"{n}://{LOOPBACK}:{adv}" for n, (_, adv) in extra)
-        protocols = ",".join(f"{n}:PLAINTEXT" for n in self.extra_listeners)
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -209,6 +271,7 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "num.partitions": "1",
+            **self._sasl_ssl_properties(),
         }
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -237,6 +300,7 @@ class KafkaBroker:
                     "-c",
                     str(props),
                     "--standalone",
+                    *self._scram_arguments(),
                 ],
                 capture_output=True,
                 text=True,
@@ -269,6 +333,16 @@ class KafkaBroker:
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"kafka did not start: {exc}\n{self.log_tail()}") from exc
+
+    def _scram_arguments(self) -> list[str]:
+        """SCRAM users written into the metadata log at format time (KRaft has no
+        ZooKeeper to add them to later, before the broker can authenticate anyone)."""
+        if self.sasl_ssl is None:
+            return []
+        args: list[str] = []
+        for name, password in self.sasl_ssl.users.items():
+            args += ["--add-scram", f"{SCRAM}=[name={name},password={password}]"]
+        return args
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait until a metadata request succeeds (not merely an open port)."""

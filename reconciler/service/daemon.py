@@ -70,6 +70,7 @@ from replication.pipeline.outbound import Outbound
 from replication.pipeline.publisher import Publisher
 from replication.redis.connections import LibraryConnections
 from replication.redis.resp import RespConnection
+from replication.transport.access import check_access
 from replication.transport.consumer import ChangeConsumer
 from replication.transport.deadletter import DeadLetters
 from replication.transport.producer import ChangeProducer
@@ -388,6 +389,8 @@ class Daemon:
             except Exception as exc:
                 if self._stopping.is_set():
                     raise
+                # A refused password or certificate is no reason to wait: stop, saying why.
+                await check_access(self.kafka_settings)
                 log.warning("kafka not reachable yet (%s); retrying", exc)
                 await backoff.sleep()
         stack.push_async_callback(self._close_conns)

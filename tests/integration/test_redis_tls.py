@@ -1,7 +1,8 @@
 """Redis over TLS, against real TLS-only redis-servers (``port 0``, a client certificate
-required) with certificates made by the test: daemons capture (PSYNC) and apply through
-rediss://, two regions converge; the failover client (sync and asyncio) reads and writes
-over rediss://; a client that does not trust the CA is refused with a clear reason."""
+required) with certificates made by the test: daemons capture (PSYNC or keyspace
+notifications) and apply through rediss://, two regions converge; the failover client (sync
+and asyncio) reads and writes over rediss://; a client that does not trust the CA is
+refused with a clear reason."""
 
 from __future__ import annotations
 
@@ -42,11 +43,21 @@ def region_config(name: str, url: str, tls: RedisTls | None, *, trust: bool = Tr
     )
 
 
+@pytest.mark.parametrize("capture", ["psync", "notifications"])
 def test_daemons_replicate_over_rediss_and_the_failover_client_uses_it(
-    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory, redis_tls: RedisTls
+    tmp_path: Path,
+    kafka: KafkaBroker,
+    redis_factory: RedisFactory,
+    redis_tls: RedisTls,
+    capture: str,
 ) -> None:
     with running_regions(
-        tmp_path, kafka, redis_factory, names=NAMES, redis_tls=redis_tls
+        tmp_path,
+        kafka,
+        redis_factory,
+        names=NAMES,
+        redis_tls=redis_tls,
+        overrides={"redis": {"capture": capture}},
     ) as regions:
         for server in regions.servers.values():
             assert server.url.startswith("rediss://")
@@ -62,8 +73,10 @@ def test_daemons_replicate_over_rediss_and_the_failover_client_uses_it(
         assert data[b"eu-west:k"][1] == b"eu-west"
         assert data[b"us-east:k"][1] == b"us-east"
         for client in regions.clients.values():
-            # The capture's PSYNC link is a replica connection, over TLS like the rest.
-            assert client.info("replication")["connected_slaves"] >= 1
+            # The capture's PSYNC link is a replica connection, over TLS like the rest; the
+            # notification source subscribes instead.
+            replicas = client.info("replication")["connected_slaves"]
+            assert replicas >= 1 if capture == "psync" else replicas == 0
 
         config = ClientConfig(
             regions=tuple(region_config(n, regions.servers[n].url, redis_tls) for n in NAMES)
