@@ -42,6 +42,7 @@ class PeerState:
     deadletters: int = 0  # records it parked in the dead-letter topic since it started
     caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
     heartbeats: int = 0
+    bye_epoch: int = 0  # the epoch that said goodbye: its heartbeats still in flight are old
     # Its watermark (see reconciler.consistency.settle); times are on its clock.
     at_ms: int = 0  # when it sent its last heartbeat
     shipped_through_ms: int = 0  # every write to its Redis before this is in Kafka
@@ -74,6 +75,7 @@ class Peers:
         if peer is None:
             return
         if msg.type == BYE:
+            peer.bye_epoch = peer.epoch
             if peer.alive:
                 peer.alive = False
                 log_event(log, PEER_DOWN, peer=msg.sender, reason="stopped")
@@ -86,6 +88,11 @@ class Peers:
         except BadMessageError as exc:
             self.rejected["malformed"] += 1
             log.warning("heartbeat from %s rejected: %s", msg.sender, exc)
+            return
+        if beat.epoch == peer.bye_epoch:
+            # Sent before (or while) that daemon said goodbye, delivered after it (another
+            # partition): taking it would bring a stopped peer back up and start a session.
+            self.rejected["after-bye"] += 1
             return
         if peer.alive and (beat.epoch, beat.at_ms) <= (peer.epoch, peer.at_ms):
             # Older than one already taken (a replay, or an earlier daemon of that region):

@@ -197,7 +197,9 @@ def test_status_table_and_state_change_events_through_a_failure_and_recovery(
         "event=region.starting",
         "event=region.ready",
         "event=region.gap reason=initial",
-        "event=region.status from=consistent to=recovering",
+        # Redis killed: the applier's lag may show as `repairing` before the instance check
+        # or the capture finds the gap; either way the region is `recovering` next.
+        " to=recovering",
         "event=region.gap reason=",
         " to=consistent",
         f"event=peer.down peer={THIRD} reason=stopped",
