@@ -171,7 +171,11 @@ def region_kwargs(
         kwargs["client_name"] = ("rr-probe:" if probe else "rr:") + client_id.replace(" ", "_")
     tls = region.tls
     if tls is not None:
-        kwargs.update(tls.redis_py_options())
+        # Like username/password: the region's tls_* keys win; without any, the
+        # application's own ssl_* keywords do, over the same verifying defaults.
+        for key, value in tls.redis_py_options().items():
+            if tls.configured or key not in kwargs:
+                kwargs[key] = value
     if region.username is not None:
         kwargs["username"] = region.username
     if region.password is not None:

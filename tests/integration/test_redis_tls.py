@@ -7,19 +7,21 @@ refused with a clear reason."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
 
 from devcluster import KafkaBroker
+from devcluster.daemons import DaemonProcess, write_config
 from devcluster.redis_server import RedisTls
 from reconciler.client import AsyncFailoverClient, ClientConfig, FailoverClient, RegionConfig
 from replication.redis.address import RedisAddress
 from replication.redis.resp import RedisUnavailableError, RespConnection
 from replication.tls import TlsOptions
 from tests.regions import running_regions
-from tests.servers import RedisFactory
+from tests.servers import RedisFactory, track
 
 pytestmark = pytest.mark.integration
 
@@ -99,9 +101,9 @@ def test_daemons_replicate_over_rediss_and_the_failover_client_uses_it(
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused_with_the_reason(
-    tmp_path: Path, redis_factory: RedisFactory, redis_tls: RedisTls
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory, redis_tls: RedisTls
 ) -> None:
-    server = redis_factory.start("r1", tls=redis_tls)
+    server = redis_factory.start("eu-west", tls=redis_tls)
     # The daemon's own connection: system CAs only, the test CA is unknown to them.
     untrusting = RedisAddress.from_url(server.url, tls=TlsOptions())
 
@@ -117,6 +119,28 @@ def test_a_client_that_does_not_trust_the_ca_is_refused_with_the_reason(
     with FailoverClient(config) as client, pytest.raises(redis.ConnectionError) as refused:
         client.get("k")
     assert "certificate verify failed" in str(refused.value)
+
+    # A daemon without tls_ca_file stops at start, saying which key to check.
+    client_cert = {
+        "tls_cert_file": str(redis_tls.client.cert),
+        "tls_key_file": str(redis_tls.client.key),
+    }
+    config = write_config(
+        tmp_path / "configs",
+        "eu-west",
+        ["us-east"],
+        server.url,
+        kafka.bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        overrides={"redis": client_cert},
+    )
+    daemon = DaemonProcess("eu-west", config)
+    track(daemon)
+    with pytest.raises(RuntimeError, match="exited"):
+        daemon.start(wait_s=60)
+    assert daemon.returncode() == 1
+    assert "the server's certificate was not accepted" in daemon.log_tail(20)
+    assert "check 'tls_ca_file'" in daemon.log_tail(20)
 
     # Trusting the CA, the same server answers: the refusal was the certificate, nothing else.
     trusted = ClientConfig(regions=(region_config("eu", server.url, redis_tls),))

@@ -212,6 +212,16 @@ def test_the_client_passes_the_region_tls_options_to_redis_py(
     assert kwargs["ssl_check_hostname"] is True
     plain = RegionConfig(name="eu", url="redis://127.0.0.1:6379/0")
     assert not any(k.startswith("ssl") for k in region_kwargs(plain, cfg.policy, "a", {}))
+    # The region's tls_* keys win over the application's ssl_* keywords...
+    app = {"ssl_ca_certs": "/app/ca.pem", "ssl_check_hostname": False}
+    assert region_kwargs(region, cfg.policy, "a", app)["ssl_ca_certs"] == str(ca.cert)
+    assert region_kwargs(region, cfg.policy, "a", app)["ssl_check_hostname"] is True
+    # ...and without any, the application's apply, over verifying defaults.
+    bare = RegionConfig(name="eu", url="rediss://127.0.0.1:6380/0")
+    kwargs = region_kwargs(bare, cfg.policy, "a", app)
+    assert kwargs["ssl_ca_certs"] == "/app/ca.pem"
+    assert kwargs["ssl_check_hostname"] is False
+    assert kwargs["ssl_cert_reqs"] == "required"
 
 
 @pytest.mark.parametrize(
