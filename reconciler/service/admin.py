@@ -43,6 +43,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from reconciler.configfile import Secret
 from reconciler.service.config import is_loopback
+from reconciler.service.state import now_ms
 from replication.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -221,6 +222,12 @@ class AdminServer:
             "last_repair_ms": d.state.last_repair_ms,
             "gaps": d.state.gaps,
             "pending_peers": sorted(d.region_state.pending),
+            # Why the status is what it is: `consistent` needs verified, no session running
+            # or queued, and the applier within status.consistent_max_lag_s of the peers.
+            "verified": d.region_state.verified,
+            "sessions_running": d.region_state.running,
+            "caught_up": d.region_state.caught_up,
+            "applied_behind_ms": d.recovery.catch_up.lag_ms(now_ms()),
             "deadletters": d.dead_letters.count,
             "inbound_lag": d.state.inbound_lag,
             "peers": {

@@ -6,6 +6,7 @@ into metric families when Prometheus scrapes, so metrics cost nothing per event.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from reconciler.service.state import now_ms
 from replication.model.keys import STATUS_STATES
 
 if TYPE_CHECKING:
@@ -72,6 +74,12 @@ class DaemonCollector(Collector):
         yield counter("capture_echoes", "Touched keys that were echoes or no-ops", out.echoes)
         yield counter("capture_unsupported", "Writes to unreplicated types", out.unsupported)
         yield gauge("capture_acked_offset", "Stream offset acknowledged", out.acked_offset)
+        behind_ms = d.recovery.catch_up.lag_ms(now_ms())
+        yield gauge(
+            "applier_behind_seconds",
+            "Age of the oldest peer change that may be unapplied here (NaN: not known yet)",
+            math.nan if behind_ms is None else behind_ms / 1000,
+        )
         if src is not None:
             yield counter("capture_reconnects", "Capture reconnects", getattr(src, "reconnects", 0))
         gaps = CounterMetricFamily(
