@@ -40,7 +40,6 @@ class PeerState:
     since_ms: int = 0  # when its status began (its clock)
     last_repair_ms: int = 0  # its last completed repair (its clock), 0 none
     deadletters: int = 0  # records it parked in the dead-letter topic since it started
-    caught_up_on_us_ms: int = 0  # wall ms of its last heartbeat with no lag on our topic
     heartbeats: int = 0
     bye_epoch: int = 0  # the epoch that said goodbye: its heartbeats still in flight are old
     # Its watermark (see reconciler.consistency.settle); times are on its clock.
@@ -59,12 +58,14 @@ class Peers:
         timeout_s: float,
         on_peer_up: Callable[[str, str], None],
         on_peer_down: Callable[[str, str], None] = lambda peer, reason: None,
+        on_heartbeat: Callable[[str, Heartbeat], None] = lambda peer, beat: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.region = region
         self.timeout_s = timeout_s
         self.on_peer_up = on_peer_up
         self.on_peer_down = on_peer_down
+        self.on_heartbeat = on_heartbeat  # every heartbeat taken (the tombstone GC's input)
         self.clock = clock
         self.state = {p: PeerState(p) for p in peers}
         self.rejected: Counter[str] = Counter()  # heartbeats not taken, by reason
@@ -111,12 +112,11 @@ class Peers:
         peer.deadletters = beat.deadletters
         peer.lag = dict(beat.lag)
         peer.at_ms = beat.at_ms
-        if peer.lag.get(self.region) == 0:
-            peer.caught_up_on_us_ms = peer.at_ms
         peer.shipped_through_ms = beat.shipped_through_ms
         peer.produced = dict(beat.produced)
         peer.applied = {region: dict(offsets) for region, offsets in beat.applied.items()}
         peer.alive = True
+        self.on_heartbeat(msg.sender, beat)
         if not was_alive:
             reason = "first heartbeat" if old_epoch == 0 else "heard again after missing heartbeats"
             log_event(log, PEER_UP, peer=msg.sender, reason=reason)
@@ -147,11 +147,6 @@ class Peers:
 
     def alive(self) -> list[str]:
         return [p.region for p in self.state.values() if p.alive]
-
-    def all_caught_up_before_ms(self) -> int:
-        """A wall time before which every peer has consumed everything we shipped (0 if a
-        peer has never reported that)."""
-        return min((p.caught_up_on_us_ms for p in self.state.values()), default=0)
 
 
 async def send_heartbeats(

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from reconciler.consistency.antientropy import AntiEntropy
 from reconciler.consistency.control import ControlChannel
+from reconciler.consistency.gcwatermark import GcWatermark
 from reconciler.consistency.merkle import MerkleIndex
 from reconciler.consistency.peers import BYE, Peers, send_heartbeats
 from reconciler.consistency.repair import RepairShipper
@@ -137,12 +138,21 @@ class Daemon:
             peers=config.peers,
             max_drift_ms=config.clock.max_drift_ms,
         )
+        self.gc_watermark = GcWatermark(self.region, config.peers)
         self.peers = Peers(
             self.region,
             list(config.peers),
             timeout_s=config.heartbeat.peer_timeout_s,
             on_peer_up=self._on_peer_up,
             on_peer_down=self._on_peer_down,
+            on_heartbeat=lambda peer, beat: self.gc_watermark.observe_peer(
+                peer,
+                epoch=beat.epoch,
+                at_ms=beat.at_ms,
+                shipped_through_ms=beat.shipped_through_ms,
+                produced=beat.produced,
+                applied=beat.applied,
+            ),
         )
         self.shipper = RepairShipper(
             self.conn,
@@ -170,6 +180,7 @@ class Daemon:
             consumer=self.consumer,
             producer=self.producer,
             dead_letters=self.dead_letters,
+            gc=self.gc_watermark,
         )
         self.settler = Settler(
             self.region,
@@ -310,17 +321,27 @@ class Daemon:
 
     async def _gc_tick(self) -> None:
         t = self.config.tombstones
+        safe_before = self.gc_watermark.frontiers()
+        held = 0
         for db, tree in self.trees.items():
             result = await collect(
                 await self.conn(db),
                 tree,
                 now_ms(),
-                caught_up_before_ms=self.peers.all_caught_up_before_ms(),
+                safe_before=safe_before,
                 min_age_ms=int(t.min_age_s * 1000),
                 horizon_ms=int(t.horizon_s * 1000),
             )
             self.state.gc_tombstones_removed += result.tombstones_removed
             self.state.gc_expired_removed += result.expired_removed
+            held += result.tombstones_held
+        self.state.gc_tombstones_held = held
+        if held:
+            log.info(
+                "tombstone gc: %d tombstone(s) kept until these regions apply past them: %s",
+                held,
+                self.gc_watermark.waiting_on(),
+            )
 
     # ----------------------------------------------------------------------- lifecycle
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -397,6 +418,7 @@ class Daemon:
         for component in (self.versioner, self.applier, self.producer, self.consumer, self.control):
             await component.start()
             stack.push_async_callback(component.stop)
+        await self._seed_produced(backoff)
         stack.push_async_callback(self.antientropy.stop)
         stack.push_async_callback(self.guard.close)
         await self.recovery.start()
@@ -444,6 +466,22 @@ class Daemon:
         self._group = None
         self.clock_floor.save(self.clock.last, force=True)
         log_event(log, REGION_STOPPED)
+
+    async def _seed_produced(self, backoff: Backoff) -> None:
+        """Start the producer's acknowledged offsets at our topic's end: heartbeats then name
+        every partition, including those earlier daemons of this region wrote and this one
+        has not yet, which peers' tombstone GC needs (reconciler.consistency.gcwatermark)."""
+        while True:
+            try:
+                end = await self.consumer.own_end_offsets()
+                break
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("end offsets of our topic not read yet (%s); retrying", exc)
+                await backoff.sleep()
+        for partition, offset in end.items():
+            self.producer.acked[partition] = max(self.producer.acked.get(partition, 0), offset)
 
     async def _close_conns(self) -> None:
         await self._conns.close()

@@ -1,5 +1,6 @@
 """What this region's heartbeat tells its peers: status, capture position, lag both ways,
-and the watermark sessions settle on (see `reconciler.consistency.settle`)."""
+and the watermark sessions settle on (see `reconciler.consistency.settle`) and the tombstone
+GC builds on (see `reconciler.consistency.gcwatermark`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 from typing import Any
 
+from reconciler.consistency.gcwatermark import GcWatermark
 from reconciler.consistency.settle import CaptureWatermark
 from reconciler.service.instance import InstanceGuard
 from reconciler.service.state import DaemonState, now_ms
@@ -34,6 +36,7 @@ class Heartbeats:
         consumer: ChangeConsumer,
         producer: ChangeProducer,
         dead_letters: DeadLetters,
+        gc: GcWatermark | None = None,
     ) -> None:
         self.state = state
         self.guard = guard
@@ -42,6 +45,7 @@ class Heartbeats:
         self.producer = producer
         self.dead_letters = dead_letters
         self.watermark = CaptureWatermark()
+        self.gc = gc
 
     async def master_offset(self) -> int | None:
         """Our Redis's replication offset (None if it does not answer)."""
@@ -59,16 +63,21 @@ class Heartbeats:
 
     async def body(self) -> dict[str, Any]:
         """The next heartbeat's body."""
-        at_ms = now_ms()
-        shipped_through = self.watermark.sample(
-            at_ms, await self.master_offset(), self.capture_acked()
-        )
         lag: dict[str, int] = {}
         applied: dict[str, dict[int, int]] = {}
         with contextlib.suppress(Exception):
             applied = await self.consumer.applied_offsets()
             lag = await self.consumer.lag(applied)
             self.state.inbound_lag = lag
+        # `applied` is read before `at_ms` is taken: a peer's tombstone GC relies on every
+        # write we made before applying what `applied` covers being older than `at_ms`.
+        at_ms = now_ms()
+        shipped_through = self.watermark.sample(
+            at_ms, await self.master_offset(), self.capture_acked()
+        )
+        produced = dict(self.producer.acked)
+        if self.gc is not None:
+            self.gc.observe_own(shipped_through, produced, applied)
         state = self.state
         return {
             "epoch": state.started_ms,
@@ -80,7 +89,7 @@ class Heartbeats:
             "lag": lag,
             "at_ms": at_ms,
             "shipped_through_ms": shipped_through,
-            "produced": {str(p): o for p, o in self.producer.acked.items()},
+            "produced": {str(p): o for p, o in produced.items()},
             "applied": {
                 region: {str(p): o for p, o in offsets.items()}
                 for region, offsets in applied.items()

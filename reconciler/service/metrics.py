@@ -171,6 +171,11 @@ class DaemonCollector(Collector):
         yield counter(
             "gc_expired_removed", "Expired metadata collected", d.state.gc_expired_removed
         )
+        yield gauge(
+            "gc_tombstones_held",
+            "Tombstones past min_age kept in the last GC pass: a region has not applied past them",
+            d.state.gc_tombstones_held,
+        )
         yield counter("conflicts_won", "Conflicts won by the local version", d.state.conflicts_won)
         yield counter(
             "conflicts_lost", "Conflicts won by the remote version", d.state.conflicts_lost

@@ -29,6 +29,7 @@ class DaemonState:
     rebuild_progress: float = 0.0
     gc_tombstones_removed: int = 0
     gc_expired_removed: int = 0
+    gc_tombstones_held: int = 0  # in the last pass: old enough, kept as a region lags
     conflicts_won: int = 0
     conflicts_lost: int = 0
     inbound_lag: dict[str, int] = field(default_factory=dict)  # ours on each peer's topic

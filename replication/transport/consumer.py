@@ -232,6 +232,14 @@ class ChangeConsumer:
         end = await consumer.end_offsets(assigned)
         return {tp.partition: offset for tp, offset in end.items()}
 
+    async def own_end_offsets(self) -> dict[int, int]:
+        """The end offsets of this region's own topic (which it does not consume), over the
+        partitions its producer writes: what earlier daemons of the region shipped."""
+        topic = changes_topic(self.settings.topic_prefix, self.region)
+        parts = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+        end = await self.kafka.end_offsets(parts)
+        return {tp.partition: offset for tp, offset in end.items()}
+
     async def end_offsets_all(self) -> dict[str, dict[int, int]]:
         """Per peer region and partition assigned to us, the end offset of its topic now."""
         consumer = self.kafka

@@ -76,20 +76,22 @@ def test_logically_equal_states_need_no_repair() -> None:
     assert decide(gone, live, NOW).action == "ship-to-peer"  # type: ignore[union-attr]
 
 
-def test_a_tombstone_is_kept_until_every_peer_caught_up_and_min_age_passed() -> None:
+def test_a_tombstone_is_kept_until_its_origins_frontier_passes_it_and_min_age_passed() -> None:
     written = NOW - 3_600_000
     tomb = meta({"eu-west": pack(written)}, "eu-west", deleted=True)
     kw = {"min_age_ms": 600_000, "horizon_ms": 86_400_000}
-    assert not removable(tomb, NOW, caught_up_before_ms=0, **kw)  # a peer never caught up
-    assert not removable(tomb, NOW, caught_up_before_ms=written - 1, **kw)  # not after it
-    assert removable(tomb, NOW, caught_up_before_ms=written + 1, **kw)
+    assert not removable(tomb, NOW, safe_before={}, **kw)  # no frontier for its origin
+    assert not removable(tomb, NOW, safe_before={"eu-west": written}, **kw)  # not past it
+    # Another region's frontier says nothing about eu-west's deletes (another clock).
+    assert not removable(tomb, NOW, safe_before={"us-east": NOW}, **kw)
+    assert removable(tomb, NOW, safe_before={"eu-west": written + 1}, **kw)
     young = meta({"eu-west": pack(NOW - 1000)}, "eu-west", deleted=True)
-    assert not removable(young, NOW, caught_up_before_ms=NOW, **kw)  # min age
+    assert not removable(young, NOW, safe_before={"eu-west": NOW}, **kw)  # min age
     ancient = meta({"eu-west": pack(NOW - 2 * 86_400_000)}, "eu-west", deleted=True)
-    assert removable(ancient, NOW, caught_up_before_ms=0, **kw)  # past the horizon
+    assert removable(ancient, NOW, safe_before={}, **kw)  # past the horizon
     expired = meta({"eu-west": 5}, "eu-west", expire=NOW - 700_000)
-    assert removable(expired, NOW, caught_up_before_ms=0, **kw)
-    assert not removable(meta({"eu-west": 5}, "eu-west"), NOW, caught_up_before_ms=NOW, **kw)
+    assert removable(expired, NOW, safe_before={}, **kw)
+    assert not removable(meta({"eu-west": 5}, "eu-west"), NOW, safe_before={"eu-west": NOW}, **kw)
 
 
 def test_reports_round_trip_through_json_and_render_markdown(tmp_path: Path) -> None:
