@@ -338,7 +338,8 @@ class Daemon:
         self.state.gc_tombstones_held = held
         if held:
             log.info(
-                "tombstone gc: %d tombstone(s) kept until these regions apply past them: %s",
+                "tombstone gc: %d tombstone(s) kept; per origin, the regions not yet known to have "
+                "applied past them (or whose earlier writes are not yet applied here): %s",
                 held,
                 self.gc_watermark.waiting_on(),
             )

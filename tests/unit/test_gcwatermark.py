@@ -127,7 +127,7 @@ class Region:
     applied_at: dict[int, int] = field(default_factory=dict)  # id(delete) -> real time
 
 
-Step = tuple[str, int, int, int]
+Step = tuple[str, str, int, int]  # action, region, n, milliseconds elapsed
 
 
 def steps() -> st.SearchStrategy[list[Step]]:
@@ -179,10 +179,10 @@ def test_no_tombstone_passes_before_every_region_applied_it_and_its_concurrent_w
             origin = names[(names.index(name) + 1 + n % 2) % 3]
             apply(r, regions[origin], n // 2 % PARTS, 1 + n, now)
         elif action == "apply-all":
-            for origin in regions.values():
-                if origin is not r:
+            for other in regions.values():
+                if other is not r:
                     for part in range(PARTS):
-                        apply(r, origin, part, len(origin.topic[part]), now)
+                        apply(r, other, part, len(other.topic[part]), now)
         elif action == "beat":
             heartbeat(gc, r, now, shipped_through(r), produced(r))
         elif action == "beat-all":
