@@ -44,6 +44,13 @@ physical(t) below it passes (A) and (B). A region that has never been heard, or 
 do not cover, holds the frontier back (only `horizon_s` then collects); so does a forged or
 skewed clock, since a far-future `at_ms` only makes B harder to meet.
 
+A region in `recovering` (a gap: a capture that lost part of the stream, a flushed or
+restarted Redis, remote writes Redis kept refusing) says nothing here until it is consistent
+again: its watermark may claim writes shipped that the gap lost, and its applied offsets
+may cover changes its Redis does not hold. Its heartbeats meanwhile are ignored, and the
+claims and snapshots that were still waiting are dropped (frontiers already reached stay:
+they were true when reached).
+
 What it assumes: within one daemon's run its wall clock does not step back (a heartbeat
 older than the last one taken is rejected by `Peers`); when an origin restarts, its frontier
 starts again from its new heartbeats. Not covered: a repair shipment read from a peer's
@@ -61,6 +68,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING
 
 Offsets = dict[int, int]  # partition -> offset after the last record
 
@@ -85,7 +94,6 @@ def merge_max(into: Offsets, offsets: Mapping[int, int]) -> None:
 class _Origin:
     """One region's topic as seen through its snapshots."""
 
-    epoch: int = 0
     produced: Offsets = field(default_factory=dict)  # merged over every snapshot seen
     pending: deque[tuple[int, Offsets]] = field(default_factory=deque)  # not yet done
     safe_before_ms: int = 0
@@ -127,8 +135,13 @@ class GcWatermark:
         shipped_through_ms: int,
         produced: Mapping[int, int],
         applied: Mapping[str, Mapping[int, int]],
+        *,
+        status: str = STATUS_CONSISTENT,
     ) -> None:
         """Our own heartbeat: our snapshot, and how far we have applied each peer's topic."""
+        if status == STATUS_RECOVERING:
+            self._origins[self.region].pending.clear()
+            return
         for origin, offsets in applied.items():
             if origin in self._origins and origin != self.region:
                 merge_max(self._applied.setdefault(origin, {}), offsets)
@@ -144,6 +157,7 @@ class GcWatermark:
         shipped_through_ms: int,
         produced: Mapping[int, int],
         applied: Mapping[str, Mapping[int, int]],
+        status: str = STATUS_CONSISTENT,
     ) -> None:
         """A heartbeat `Peers` accepted from `peer` (times on its clock)."""
         claims = self._claims.get(peer)
@@ -155,10 +169,12 @@ class GcWatermark:
             # for the old one's can never be closed, and its times are a new series.
             claims.epoch = epoch
             claims.unresolved.clear()
-        if epoch != origin.epoch:
-            origin.epoch = epoch
             origin.pending.clear()
             origin.safe_before_ms = 0
+        if status == STATUS_RECOVERING:
+            claims.unresolved.clear()
+            origin.pending.clear()
+            return
         _bounded_append(
             claims.unresolved,
             _Claim(

@@ -54,7 +54,7 @@ from reconciler.service.instance import InstanceGuard
 from reconciler.service.metrics import DaemonCollector
 from reconciler.service.notify import ServiceNotifier, status_text
 from reconciler.service.recovery import Recovery
-from reconciler.service.regionstate import RegionState
+from reconciler.service.regionstate import RegionState, Status
 from reconciler.service.sessions import SessionRunner
 from reconciler.service.state import DaemonState, now_ms
 from replication.backoff import Backoff
@@ -152,6 +152,7 @@ class Daemon:
                 shipped_through_ms=beat.shipped_through_ms,
                 produced=beat.produced,
                 applied=beat.applied,
+                status=beat.status,
             ),
         )
         self.shipper = RepairShipper(
@@ -321,7 +322,10 @@ class Daemon:
 
     async def _gc_tick(self) -> None:
         t = self.config.tombstones
-        safe_before = self.gc_watermark.frontiers()
+        # While this region recovers, its own Redis may lack what the frontiers assume:
+        # tombstones then wait (the horizon still applies).
+        recovering = self.state.status == Status.RECOVERING
+        safe_before = {} if recovering else self.gc_watermark.frontiers()
         held = 0
         for db, tree in self.trees.items():
             result = await collect(

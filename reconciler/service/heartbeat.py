@@ -77,7 +77,7 @@ class Heartbeats:
         )
         produced = dict(self.producer.acked)
         if self.gc is not None:
-            self.gc.observe_own(shipped_through, produced, applied)
+            self.gc.observe_own(shipped_through, produced, applied, status=self.state.status)
         state = self.state
         return {
             "epoch": state.started_ms,

@@ -5,11 +5,14 @@ applied here, judged from each region's own clock and offsets."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.consistency.control import ControlMessage
 from reconciler.consistency.gcwatermark import GcWatermark
+from reconciler.consistency.peers import HEARTBEAT, Peers
 
 US, B, C = "eu-west", "us-east", "ap-south"
 PARTS = 2
@@ -89,6 +92,36 @@ def test_claims_waiting_for_a_restarted_peers_watermark_are_dropped() -> None:
     beat(gc, B, 700, 700, {0: 9}, {US: {0: 3}}, epoch=2)
     gc.observe_own(1100, {0: 3}, {B: {0: 9}})
     assert gc.safe_before_ms(US) == 1100
+
+
+def test_a_recovering_region_says_nothing_until_it_is_consistent_again() -> None:
+    gc = GcWatermark(US, [B])
+    gc.observe_own(1000, {0: 3}, {B: {0: 9}})
+    # B recovering (a gap): its applied offsets may cover what its Redis lost.
+    gc.observe_peer(
+        B,
+        epoch=1,
+        at_ms=10,
+        shipped_through_ms=10,
+        produced={0: 9},
+        applied={US: {0: 3}},
+        status="recovering",
+    )
+    gc.observe_own(1100, {0: 3}, {B: {0: 9}})
+    assert gc.safe_before_ms(US) == 0
+    assert gc.safe_before_ms(B) == 0
+    beat(gc, B, 20, 20, {0: 9}, {US: {0: 3}})
+    gc.observe_own(1200, {0: 3}, {B: {0: 9}})
+    assert gc.safe_before_ms(US) == 1200
+    assert gc.safe_before_ms(B) == 20
+    # Our own recovery drops our snapshots still waiting; frontiers reached stay.
+    gc.observe_own(1300, {0: 4}, {B: {0: 9}})
+    gc.observe_own(1400, {0: 5}, {B: {0: 9}}, status="recovering")
+    beat(gc, B, 30, 30, {0: 9}, {US: {0: 5}})
+    assert gc.safe_before_ms(US) == 1200
+    gc.observe_own(1500, {0: 5}, {B: {0: 9}})
+    beat(gc, B, 40, 40, {0: 9}, {US: {0: 5}})
+    assert gc.safe_before_ms(US) == 1500
 
 
 def test_history_is_bounded_and_dropping_only_delays() -> None:
@@ -241,3 +274,25 @@ def check(regions: dict[str, Region], gc: GcWatermark) -> None:
                         break
                     assert w.offset >= 0, (q.name, "write before the delete not shipped")
                     assert us.applied[q.name][w.partition] > w.offset, (q.name, "not applied")
+
+
+async def test_peers_hand_the_gc_only_the_heartbeats_they_take() -> None:
+    taken: list[tuple[str, int]] = []
+    peers = Peers(
+        US,
+        [B],
+        timeout_s=60,
+        on_peer_up=lambda peer, reason: None,
+        on_heartbeat=lambda peer, hb: taken.append((peer, hb.at_ms)),
+    )
+
+    async def send(sender: str, **body: Any) -> None:
+        body = {"epoch": 1, "at_ms": 0, "shipped_through_ms": 0} | body
+        await peers.handle(ControlMessage(HEARTBEAT, sender, "*", "", body))
+
+    await send(B, at_ms=100)
+    await send(B, at_ms=90)  # older than the last one taken: a replay
+    await send(B, at_ms=110, applied={US: {"x": 1}})  # malformed
+    await send(C, at_ms=120)  # not a configured peer
+    await send(B, at_ms=130)
+    assert taken == [(B, 100), (B, 130)]
