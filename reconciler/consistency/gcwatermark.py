@@ -57,9 +57,10 @@ starts again from its new heartbeats. Not covered: a repair shipment read from a
 Redis before that peer applied the delete but acknowledged by Kafka after the heartbeat
 that closes (B); `tombstones.min_age_s` keeps such a window far behind.
 
-Memory is bounded: at most `max_pending` snapshots and claims per region are kept; when a
-region stalls the oldest are dropped, which can only delay collection (later snapshots and
-claims are harder to satisfy, never easier).
+Memory is bounded: at most `max_pending` snapshots and claims per region are kept (those
+with the same offsets share one entry, so a quiet region keeps one); when a region stalls
+the oldest are dropped, which can only delay collection (later snapshots and claims are
+harder to satisfy, never easier).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING
 
 Offsets = dict[int, int]  # partition -> offset after the last record
 
-DEFAULT_MAX_PENDING = 4096
+DEFAULT_MAX_PENDING = 1024
 
 T = TypeVar("T")
 
@@ -186,6 +187,11 @@ class GcWatermark:
         self._snapshot(origin, shipped_through_ms, produced)
         while claims.unresolved and claims.unresolved[0].at_ms <= shipped_through_ms:
             claim = claims.unresolved.popleft()
+            if claims.resolved and claims.resolved[-1][0] == origin.produced:
+                # The same target: one entry, effective when this one would be.
+                for region, offsets in claim.applied.items():
+                    merge_max(claims.resolved[-1][1].setdefault(region, {}), offsets)
+                continue
             _bounded_append(
                 claims.resolved, (dict(origin.produced), claim.applied), self.max_pending
             )
@@ -196,10 +202,16 @@ class GcWatermark:
     ) -> None:
         merge_max(origin.produced, produced)
         last = origin.pending[-1][0] if origin.pending else origin.safe_before_ms
-        if shipped_through_ms > last:
-            _bounded_append(
-                origin.pending, (shipped_through_ms, dict(origin.produced)), self.max_pending
-            )
+        if shipped_through_ms <= last:
+            return
+        if origin.pending and origin.pending[-1][1] == origin.produced:
+            # Nothing shipped since: the later moment is as true of the same offsets (and a
+            # quiet region keeps one entry).
+            origin.pending[-1] = (shipped_through_ms, origin.pending[-1][1])
+            return
+        _bounded_append(
+            origin.pending, (shipped_through_ms, dict(origin.produced)), self.max_pending
+        )
 
     # ------------------------------------------------------------------------ output
     def _advance(self) -> None:
