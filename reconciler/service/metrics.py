@@ -82,6 +82,11 @@ class DaemonCollector(Collector):
         )
         if src is not None:
             yield counter("capture_reconnects", "Capture reconnects", getattr(src, "reconnects", 0))
+            yield counter(
+                "capture_echoes_dropped",
+                "Keys written by this daemon's applies, dropped from the stream unversioned",
+                getattr(src, "echo_keys_dropped", 0),
+            )
         gaps = CounterMetricFamily(
             P + "capture_gaps", "Gaps by reason", labels=["region", "reason"]
         )

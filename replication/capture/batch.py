@@ -110,6 +110,8 @@ class CaptureStats:
     """Gaps reported (every reason)."""
     full_resyncs: int = 0
     """+FULLRESYNC answers, including the initial one."""
+    echo_keys_dropped: int = 0
+    """Keys written by this daemon's applies, recognised in the stream and not versioned."""
     unknown_commands: int = 0
     """Commands whose keys could not be determined (no key specs): logged once per name."""
     parsed_offset: int = 0

@@ -19,7 +19,10 @@ Policies
 * Only keys the command may **write** are reported: a spec flagged ``RO`` (the sources of
   ``SUNIONSTORE``, ``COPY``, ``BITOP``...) or ``not_key`` (``SPUBLISH`` channels) is skipped,
   because the consumer reads the state of reported keys and a read key did not change.
-* ``MULTI``/``EXEC`` are transparent: they have no keys, the commands between them count.
+* ``MULTI``/``EXEC`` have no keys; the commands between them count. A block that writes a
+  metadata hash is the effects of the library's apply (a script's effects are replicated
+  wrapped in ``MULTI``/``EXEC``): its user keys are echoes and are not reported (see
+  :mod:`replication.capture.parser`).
   Scripts (``EVAL``, ``FCALL``) are replicated by their effects in Redis 7, so the stream
   carries the commands they ran; if a script command does appear, its key specs apply.
 * Expiries and evictions reach the stream as ``DEL``/``UNLINK`` of the key: the key is
@@ -61,6 +64,8 @@ class Special(enum.Enum):
     MOVE = "move"
     COPY = "copy"
     REPLCONF = "replconf"
+    MULTI = "multi"
+    EXEC = "exec"
     UNKNOWN = "unknown"
     """Not in the server's command table."""
     INCOMPLETE = "incomplete"
@@ -78,6 +83,8 @@ _SPECIAL_BY_NAME: dict[bytes, Special] = {
     b"move": Special.MOVE,
     b"copy": Special.COPY,
     b"replconf": Special.REPLCONF,
+    b"multi": Special.MULTI,
+    b"exec": Special.EXEC,
 }
 
 _WRITE_FLAGS_EXCLUDED = (b"RO", b"not_key")

@@ -6,6 +6,17 @@ is computed from its arguments), follows ``SELECT``, locates every written key w
 server's key specs (:class:`~replication.capture.commands.KeyTable`), cuts a batch before
 a flush or ``SWAPDB`` (each is a gap of its own) and at the end of the replay window, and
 skips the bare ``\\n`` keep-alives a chained replica sends (they do not count).
+
+Echoes of applies are dropped here. The daemon applies a peer's change with one library
+call, and Redis replicates a script's effects wrapped in ``MULTI``/``EXEC``: the key's
+write and its metadata hash's ``HSET`` in one block. The library is the only writer of
+metadata hashes, and the only library code that writes a user key is the apply; so the user
+keys of a block that also writes a metadata hash were written by an apply, with metadata
+that already describes them. The versioner would read each and find it an echo (a Redis
+call per key); dropping them here saves that. A local write is never inside such a block:
+a script runs alone, and an application's own transaction never writes a metadata hash.
+Whenever a block cannot be seen whole (a batch cut inside it, a ``SELECT`` in it), its keys
+are reported as usual and the versioner decides, as before.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from replication.capture.commands import (
     is_getack,
     parse_db,
 )
-from replication.model.keys import is_internal
+from replication.model.keys import META_PREFIX, is_internal
 
 # Bytes of RESP framing around the payload: "*<n>\r\n" for the array, and
 # "$<len>\r\n" + "\r\n" for each argument. Tables make the per-argument cost one lookup.
@@ -104,6 +115,11 @@ class StreamParser:
         self._nbytes = 0
         self._gap: Gap | None = None
         self._flushed: set[int] = set()
+        # the open MULTI block: the keys its commands wrote (None: not in a block)
+        self._block: set[bytes] | None = None
+        self._block_db = db
+        self.echo_keys_dropped = 0
+        """User keys of apply blocks not reported (echoes, see the module doc)."""
         self._select(db)
 
     @property
@@ -151,6 +167,7 @@ class StreamParser:
 
     def take(self) -> CaptureBatch:
         """Close the open batch and return it."""
+        self._end_block(echo=False)  # cut inside a block: its keys so far are reported
         keys: dict[int, frozenset[bytes]] = {}
         for db, touched in self._keys.items():
             user_keys = frozenset(filterfalse(is_internal, touched))
@@ -176,6 +193,26 @@ class StreamParser:
     def _select(self, db: int) -> None:
         self._db = db
         self._cur = self._keys.setdefault(db, set()) if db in self._dbs else None
+
+    def _begin_block(self) -> None:
+        self._end_block(echo=False)
+        self._block = set()
+        self._block_db = self._db
+        if self._cur is not None:
+            self._cur = self._block
+
+    def _end_block(self, *, echo: bool) -> None:
+        """Close the open block: its user keys are reported unless it is an apply's."""
+        block = self._block
+        if block is None:
+            return
+        self._block = None
+        if self._block_db in self._dbs:
+            if echo and any(key.startswith(META_PREFIX) for key in block):
+                self.echo_keys_dropped += sum(1 for key in block if not is_internal(key))
+            else:
+                self._keys_of(self._block_db).update(block)
+        self._select(self._db)
 
     def _keys_of(self, db: int) -> set[bytes]:
         return self._keys.setdefault(db, set())
@@ -321,7 +358,12 @@ class StreamParser:
     def _special(self, argv: list[bytes], special: Special) -> bool:
         dbs = self._dbs
         if special is Special.SELECT:
+            self._end_block(echo=False)  # not an apply's block: those never switch dbs
             self._select(parse_db(argv[1]))
+        elif special is Special.MULTI:
+            self._begin_block()
+        elif special is Special.EXEC:
+            self._end_block(echo=True)
         elif special is Special.REPLCONF:
             if is_getack(argv) and self._on_getack is not None:
                 self._on_getack()

@@ -372,7 +372,7 @@ class ReplicationStreamSource(CaptureSource[_Delivery, PsyncSession]):
                 ready = parser.fill()
                 stats.parsed_offset = parser.offset
                 if ready:
-                    await self._deliver(parser.take(), parser.db)
+                    await self._deliver(self._take(parser), parser.db)
                     continue
                 if link.available:
                     # More arrived while we parsed: keep filling the open batch.
@@ -381,8 +381,14 @@ class ReplicationStreamSource(CaptureSource[_Delivery, PsyncSession]):
                     continue
                 if parser.pending:
                     # Nothing more right now: latency matters more than a full batch.
-                    await self._deliver(parser.take(), parser.db)
+                    await self._deliver(self._take(parser), parser.db)
                 break
+
+    def _take(self, parser: StreamParser) -> CaptureBatch:
+        batch = parser.take()
+        self.stats.echo_keys_dropped += parser.echo_keys_dropped
+        parser.echo_keys_dropped = 0
+        return batch
 
     def _wire_ack(self) -> int:
         position = self._position

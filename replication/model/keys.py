@@ -52,6 +52,8 @@ def clients_topic(prefix: str) -> str:
 
 
 _META_PREFIX = INTERNAL_PREFIX + b"m:{"
+META_PREFIX = _META_PREFIX
+"""Every per-slot metadata hash's name starts with this."""
 
 
 def meta_key(slot: int) -> bytes:

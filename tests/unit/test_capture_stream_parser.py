@@ -306,3 +306,59 @@ def test_batches_never_straddle_the_replay_window(window: int, cuts: list[int]) 
         ends.append(ends[-1] + command_size(argv))
     replayed = sum(batch.commands for batch in batches if batch.replay)
     assert replayed == sum(1 for end in ends[1:] if end <= window)
+
+
+# -- echoes of applies -----------------------------------------------------------------------
+
+META = b"__rr:m:{" + b"a" + b"}"
+APPLY_BLOCK = [
+    [b"MULTI"],
+    [b"SET", b"applied", b"v"],
+    [b"HSET", META, b"applied", b"packed-metadata"],
+    [b"EXEC"],
+]
+
+
+def test_an_apply_block_is_an_echo_and_its_keys_are_not_reported() -> None:
+    # What Redis replicates for one rr_apply: the script's effects in MULTI/EXEC.
+    stream = resp([b"SET", b"local-before", b"1"], *APPLY_BLOCK, [b"SET", b"local-after", b"1"])
+    p = parser()
+    batches = run(p, [stream])
+    assert union(batches) == {0: {b"local-before", b"local-after"}}
+    assert p.echo_keys_dropped == 1
+    assert p.offset == len(stream)
+    assert sum(b.commands for b in batches) == 6
+
+
+def test_an_applications_transaction_is_reported_whole() -> None:
+    stream = resp([b"MULTI"], [b"SET", b"a", b"1"], [b"INCR", b"n"], [b"EXEC"])
+    p = parser()
+    assert union(run(p, [stream])) == {0: {b"a", b"n"}}
+    assert p.echo_keys_dropped == 0
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_an_apply_block_seen_in_pieces_is_reported_never_lost(cuts: list[int]) -> None:
+    # A batch cut inside the block (command budget): the keys are reported, the versioner
+    # decides. Whatever the chunking, a key is either dropped as an echo or reported.
+    stream = resp(*APPLY_BLOCK, [b"SET", b"after", b"1"])
+    p = parser(max_commands=2)
+    found = union(run(p, split(stream, cuts)))
+    assert found == {0: {b"applied", b"after"}}
+    assert p.echo_keys_dropped == 0
+
+
+def test_a_block_that_switches_databases_is_reported() -> None:
+    stream = resp(
+        [b"MULTI"], [b"SET", b"a", b"1"], [b"SELECT", b"0"], [b"HSET", META, b"a", b"m"], [b"EXEC"]
+    )
+    p = parser()
+    assert union(run(p, [stream])) == {0: {b"a"}}
+    assert p.echo_keys_dropped == 0
+
+
+def test_an_apply_block_in_a_database_not_captured_reports_nothing() -> None:
+    stream = resp([b"SELECT", b"3"], *APPLY_BLOCK, [b"SELECT", b"0"], [b"SET", b"z", b"1"])
+    p = parser()
+    assert union(run(p, [stream])) == {0: {b"z"}}
