@@ -1,0 +1,165 @@
+"""One seed of the fault suite on three real regions (tests.regions.running_regions: a
+redis-server and `reconciler run` per region, one real Kafka broker): the workload and the
+nemesis for `duration_s`, bad records on the topics, heal, wait until every daemon says
+consistent and the regions hold the same data, then check the history."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devcluster import KafkaBroker
+from devcluster.daemons import wait_for
+from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
+from tests.faults import badinput
+from tests.faults.checker import Verdict, Violation, check
+from tests.faults.history import History
+from tests.faults.nemesis import KINDS, Nemesis
+from tests.faults.workload import Workload
+from tests.regions import running_regions
+from tests.servers import RedisFactory
+from tests.tcpproxy import TcpProxy
+
+POLICY = PolicyConfig(
+    window_s=2.0,
+    min_requests=5,
+    error_rate_threshold=0.5,
+    command_timeout_s=0.5,
+    connect_timeout_s=0.5,
+    probe_interval_s=0.2,
+    probe_backoff_cap_s=0.5,
+    failback_healthy_s=2.0,
+    require_consistent_status=True,
+)
+# Replication is asynchronous: a write acknowledged this long before a fault may still
+# have been on its way (generous for two shared cores); anything older had arrived.
+WINDOW_S = 5.0
+# How long after a fault healed a region's backlog may still be arriving elsewhere.
+AFTER_S = 15.0
+HEAL_TIMEOUT_S = 180.0
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    duration_s: float
+    ops: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    convergence_s: float | None = None
+    verdict: Verdict = field(default_factory=Verdict)
+    reads_by_region: dict[str, int] = field(default_factory=dict)
+    bad_records: int = 0
+    dead_letters: int = 0
+    problems: list[str] = field(default_factory=list)
+    """Rendered violations, suite errors (a thread that died, a fault that could not run)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        conv = "never" if self.convergence_s is None else f"{self.convergence_s:.1f}s"
+        faults = ", ".join(f"{k}={v}" for k, v in self.faults.items() if v)
+        return (
+            f"seed={self.seed} duration={self.duration_s:.0f}s ops={self.ops} "
+            f"faults: {faults or 'none'}; convergence after heal {conv}; "
+            f"acked writes lost in failure windows {len(self.verdict.lost_in_window)}; "
+            f"application reads by region {self.reads_by_region}; "
+            f"reads excused {self.verdict.reads_excused}; keys checked "
+            f"{self.verdict.keys_checked}, reads checked {self.verdict.reads_checked}; "
+            f"bad records {self.bad_records}, dead letters {self.dead_letters}; "
+            f"violations {len(self.verdict.violations)}; problems {len(self.problems)}"
+        )
+
+
+def run_seed(
+    seed: int,
+    duration_s: float,
+    base: Path,
+    kafka: KafkaBroker,
+    redis_factory: RedisFactory,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+) -> SeedResult:
+    """Run one seed end to end; never raises for a violation (they are in the result)."""
+    result = SeedResult(seed, duration_s)
+    rng = random.Random(f"{seed}:harness")
+    history = History()
+    with running_regions(base, kafka, redis_factory) as regions:
+        regions.wait_status("consistent", timeout_s=120)
+        home = regions.names[0]
+        with TcpProxy(regions.servers[home].port, seed=seed) as proxy:
+            config = ClientConfig(
+                regions=(
+                    RegionConfig(name=home, url=proxy.url),
+                    *(RegionConfig(name=n, url=regions.servers[n].url) for n in regions.names[1:]),
+                ),
+                policy=POLICY,
+                client_name=f"faults-{seed}",
+            )
+            with FailoverClient(config) as client:
+                ports = {n: s.port for n, s in regions.servers.items()}
+                workload = Workload(ports, client, history, seed=seed, duration_s=duration_s)
+                nemesis = Nemesis(
+                    regions, kafka, proxy, home, seed=seed, backups=base / "backups", kinds=kinds
+                )
+                workload.start()
+                try:
+                    wait_for(lambda: len(history.ops) > 200, 60, "the workload to start", 0.1)
+                    nemesis.take_backups()
+                    nemesis.start()
+                    deadline = time.monotonic() + duration_s
+                    inject_at = [deadline - duration_s * f for f in (0.66, 0.33)]
+                    while time.monotonic() < deadline:
+                        if inject_at and time.monotonic() >= inject_at[0]:
+                            inject_at.pop(0)
+                            result.bad_records += badinput.inject(regions, rng)
+                        time.sleep(0.1)
+                finally:
+                    nemesis.stop()
+                    workload.stop()
+            healed_at = time.monotonic()
+        result.problems += [f"nemesis: {e}" for e in nemesis.log.errors]
+        result.problems += [f"workload: {c}" for c in workload.crashes()]
+        result.faults = nemesis.log.by_kind()
+        result.ops = history.counts()
+        for op in history.reads():
+            result.reads_by_region[op.region] = result.reads_by_region.get(op.region, 0) + 1
+        try:
+            regions.wait_status("consistent", timeout_s=HEAL_TIMEOUT_S)
+            regions.wait_converged(timeout_s=HEAL_TIMEOUT_S)
+            result.convergence_s = time.monotonic() - healed_at
+        except TimeoutError as exc:
+            statuses = {n: _status(d) for n, d in regions.daemons.items()}
+            result.verdict.violations.append(
+                Violation("converges", f"not healed {HEAL_TIMEOUT_S:.0f}s after: {exc}; {statuses}")
+            )
+        at_ms = time.time_ns() // 1_000_000
+        snapshots = regions.snapshots()
+        verdict = check(
+            history, nemesis.log.faults, snapshots, at_ms, window_s=WINDOW_S, after_s=AFTER_S
+        )
+        verdict.violations = result.verdict.violations + verdict.violations
+        result.verdict = verdict
+        forged = badinput.forged_keys(snapshots)
+        if forged:
+            verdict.violations.append(Violation("untouched", f"forged values applied: {forged}"))
+        result.dead_letters = badinput.dead_letters(regions)
+        if result.dead_letters < result.bad_records:
+            verdict.violations.append(
+                Violation(
+                    "untouched",
+                    f"{result.bad_records} bad records, only {result.dead_letters} dead letters",
+                )
+            )
+    result.problems += [v.render(seed) for v in result.verdict.violations]
+    return result
+
+
+def _status(daemon: object) -> str:
+    try:
+        return str(daemon.get("/status")["status"])  # type: ignore[attr-defined]
+    except Exception as exc:
+        return repr(exc)

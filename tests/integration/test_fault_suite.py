@@ -1,0 +1,36 @@
+"""The fault suite's CI profile: two seeds of ~45 s each of the randomized workload and
+nemesis on three real regions (redis-server and `reconciler run` each, the session's real
+Kafka broker), then the history checker. Zero violations, and every kind of fault really
+happened (the nemesis deals each kind once before repeating). The long soak is
+`python -m tests.faults --seeds N --minutes M` (README, Tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devcluster import KafkaBroker
+from tests.faults.harness import run_seed
+from tests.faults.nemesis import KINDS
+from tests.servers import RedisFactory
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 45.0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", [101, 202])
+def test_randomized_overlapping_faults_break_no_invariant(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory, seed: int
+) -> None:
+    result = run_seed(seed, DURATION_S, tmp_path, kafka, redis_factory)
+    print(result.summary())
+    assert result.problems == [], "\n".join(result.problems)
+    assert {kind: n for kind, n in result.faults.items() if n == 0} == {}, result.faults
+    assert set(result.faults) == set(KINDS)
+    assert result.ops["acknowledged"] > 1_000, result.ops
+    assert result.verdict.reads_checked > 100, result.summary()
+    assert result.bad_records > 0
+    assert result.dead_letters >= result.bad_records

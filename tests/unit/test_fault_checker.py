@@ -1,0 +1,120 @@
+"""The fault suite's checker on hand-made histories: it must see each kind of violation
+(a checker that cannot fail proves nothing) and excuse only what a failure window explains."""
+
+from __future__ import annotations
+
+from tests.faults.checker import Windows, check, check_identical
+from tests.faults.history import ACKED, Op
+from tests.faults.nemesis import FaultRecord
+
+NOW_MS = 1_000_000_000
+
+
+def write(i: int, region: str, key: bytes, effect: object, start: float, client: str = "") -> Op:
+    op = Op(i, region, client or f"writer-{region}", "string", start, NOW_MS + int(start * 1000))
+    op.effects = {key: effect}  # type: ignore[dict-item]
+    op.end, op.end_wall_ms, op.outcome = start + 0.01, op.start_wall_ms + 10, ACKED
+    return op
+
+
+def read(i: int, region: str, key: bytes, result: bytes | None, start: float) -> Op:
+    op = Op(i, region, "application", "read", start, NOW_MS + int(start * 1000), key=key)
+    op.end, op.end_wall_ms, op.outcome, op.result = (
+        start + 0.01,
+        op.start_wall_ms + 10,
+        ACKED,
+        result,
+    )
+    return op
+
+
+class FakeHistory:
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    def writes(self) -> list[Op]:
+        return [o for o in self.ops if o.effects]
+
+    def reads(self) -> list[Op]:
+        return [o for o in self.ops if o.kind == "read"]
+
+
+def run(ops: list[Op], final: dict[bytes, object], faults: list[FaultRecord] | None = None):  # type: ignore[no-untyped-def]
+    snaps = {"eu-west": final, "us-east": dict(final)}
+    return check(FakeHistory(ops), faults or [], snaps, NOW_MS + 100_000, window_s=5, after_s=15)  # type: ignore[arg-type]
+
+
+K = b"own:eu-west:1"
+
+
+def test_the_last_acknowledged_write_of_a_single_writer_key_must_win() -> None:
+    ops = [
+        write(0, "eu-west", K, ("string", b"a", None), 1),
+        write(1, "eu-west", K, ("string", b"b", None), 2),
+    ]
+    assert run(ops, {K: ("string", b"b", 0)}).violations == []
+    bad = run(ops, {K: ("string", b"a", 0)}).violations
+    assert [v.invariant for v in bad] == ["no-lost-winner"]
+
+
+def test_a_deleted_key_that_comes_back_is_a_resurrection() -> None:
+    ops = [write(0, "eu-west", K, ("string", b"a", None), 1), write(1, "eu-west", K, None, 2)]
+    assert run(ops, {}).violations == []
+    assert [v.invariant for v in run(ops, {K: ("string", b"a", 0)}).violations] == [
+        "no-resurrection"
+    ]
+
+
+def test_a_write_lost_inside_a_kill_window_is_counted_not_a_violation() -> None:
+    ops = [
+        write(0, "eu-west", K, ("string", b"a", None), 1),
+        write(1, "eu-west", K, ("string", b"b", None), 20),
+    ]
+    kill = FaultRecord("redis-kill-empty", "eu-west", 22.0, 25.0)
+    verdict = run(ops, {K: ("string", b"a", 0)}, [kill])
+    assert verdict.violations == []
+    assert [o.index for o in verdict.lost_in_window] == [1]
+    # The same loss with the kill long after the write: a violation.
+    late = FaultRecord("redis-kill-empty", "eu-west", 40.0, 45.0)
+    assert run(ops, {K: ("string", b"a", 0)}, [late]).violations
+
+
+def test_an_expired_relative_expiry_allows_the_key_gone() -> None:
+    ops = [write(0, "eu-west", K, ("string", b"a", ("rel", 2_000)), 1)]
+    assert run(ops, {}).violations == []
+    assert run(ops, {K: ("string", b"a", 0)}).violations  # the expiry was dropped
+
+
+def test_regions_that_differ_are_reported_and_expiries_within_a_second_are_equal() -> None:
+    a = {K: ("string", b"a", NOW_MS + 60_000)}
+    assert check_identical({"x": a, "y": {K: ("string", b"a", NOW_MS + 60_500)}}, NOW_MS) == []
+    assert check_identical({"x": a, "y": {K: ("string", b"a", NOW_MS + 62_000)}}, NOW_MS)
+    assert check_identical({"x": a, "y": {}}, NOW_MS)
+
+
+F = b"fc:0"
+
+
+def test_a_read_older_than_one_already_read_is_a_violation_unless_replication_explains_it() -> None:
+    w1 = write(0, "eu-west", F, ("string", b"0000000001", None), 1, "application")
+    w2 = write(1, "eu-west", F, ("string", b"0000000002", None), 2, "application")
+    r1 = read(2, "eu-west", F, b"0000000002", 3)
+    r2 = read(3, "eu-west", F, b"0000000001", 30)  # same region, long after: stale
+    verdict = run([w1, w2, r1, r2], {F: ("string", b"0000000002", 0)})
+    assert {v.invariant for v in verdict.violations} == {"monotonic-reads", "no-stale-read"}
+    # Read elsewhere right after a failover: asynchronous replication, excused and counted.
+    r3 = read(3, "us-east", F, b"0000000001", 3.5)
+    verdict = run([w1, w2, r1, r3], {F: ("string", b"0000000002", 0)})
+    assert verdict.violations == []
+    assert verdict.reads_excused == {"replication-lag-across-failover": 1}
+
+
+def test_missing_long_after_the_ack_is_a_violation_unless_in_flight_during_a_fault() -> None:
+    w1 = write(0, "eu-west", F, ("string", b"0000000001", None), 1, "application")
+    r1 = read(1, "us-east", F, None, 10)
+    assert [v.invariant for v in run([w1, r1], {F: ("string", b"0000000001", 0)}).violations] == [
+        "no-missing-read"
+    ]
+    paused = FaultRecord("daemon-pause", "eu-west", 0.5, 8.0)
+    assert Windows([paused], 5, 15).in_flight(w1, r1) is paused
+    assert run([w1, r1], {F: ("string", b"0000000001", 0)}, [paused]).violations == []
