@@ -30,9 +30,10 @@ with offsets on the same topic; clock skew between regions never enters.
   the offsets Q had applied on every other region's topic, read before H's `at_ms` was taken.
   If `applied[O]` covers a snapshot of O, Q had applied every delete below it by `at_ms(H)`.
 - **Condition B.** Q's writes that may be concurrent with a delete it applied were made
-  before `at_ms(H)` (on Q's clock). The first later heartbeat H' of the same daemon (epoch)
-  with `shipped_through_ms(H') >= at_ms(H)` gives offsets on Q's topic below which all of
-  them lie; once this region has applied Q's topic up to those, H's claim is *effective*.
+  before `at_ms(H)` (on Q's clock). The first heartbeat H' of the same daemon (epoch), H
+  itself or a later one, with `shipped_through_ms(H') >= at_ms(H)` gives offsets on Q's
+  topic below which all of them lie; once this region has applied Q's topic up to those,
+  H's claim is *effective*.
   For the origin O itself, its writes older than the delete were made before it, so they lie
   below the same snapshot of O: this region must have applied O's topic past it.
 
@@ -55,7 +56,11 @@ What it assumes: within one daemon's run its wall clock does not step back (a he
 older than the last one taken is rejected by `Peers`); when an origin restarts, its frontier
 starts again from its new heartbeats. Not covered: a repair shipment read from a peer's
 Redis before that peer applied the delete but acknowledged by Kafka after the heartbeat
-that closes (B); `tombstones.min_age_s` keeps such a window far behind.
+that closes (B); `tombstones.min_age_s` keeps such a window far behind. Nor a delete a
+peer dead-lettered instead of applying (quarantined as `clock-ahead`, refused by its Redis):
+its applied offsets move past it all the same. The dead letter is counted (alert on
+`clock-ahead`); an anti-entropy session run before the tombstone is collected repairs the
+key, one run after it may bring the peer's old value back.
 
 Memory is bounded: at most `max_pending` snapshots and claims per region are kept (those
 with the same offsets share one entry, so a quiet region keeps one); when a region stalls
