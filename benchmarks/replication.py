@@ -725,8 +725,8 @@ def render(result: dict[str, Any], args: argparse.Namespace, shake: Path | None)
             lag_rows,
         )
         + "\n\nRedis time spent by the daemons per replicated write (µs of FCALL/FCALL_RO in\n"
-        "`INFO commandstats`, divided by the changes A shipped; in B and C this includes\n"
-        "versioning the echoes of their own applies):\n\n"
+        "`INFO commandstats`, divided by the changes A shipped; in B and C the applies,\n"
+        "and the versioning of any echo the stream parser could not drop):\n\n"
         + table(["phase", f"origin {A}"] + [f"destination {r}" for r in DESTS], us_rows)
         + "\n\nCPU time per change in the throughput run, per process (user + system, from\n"
         "`/proc`: it grows far less with the machine's load than wall time; A's Redis includes\n"
