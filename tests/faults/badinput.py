@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import msgpack
+from aiokafka.errors import KafkaError
 
 from replication.model.auth import Keyring
 from replication.model.digest import value_digest
@@ -49,10 +50,15 @@ def inject(regions: Regions, rng: random.Random) -> int:
     records = forged_records(regions, source, rng)
 
     async def produce() -> None:
+        # One at a time, each in a bounded wait: the broker may be frozen by the nemesis.
         for record in records:
-            await produce_raw(regions.kafka.bootstrap, regions.topic(source), record)
+            async with asyncio.timeout(20):
+                await produce_raw(regions.kafka.bootstrap, regions.topic(source), record)
 
-    asyncio.run(produce())
+    try:
+        asyncio.run(produce())
+    except TimeoutError as exc:
+        raise KafkaError("producing a bad record timed out") from exc
     return len(records)
 
 

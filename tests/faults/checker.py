@@ -4,12 +4,13 @@ classified failure window explains; what a window explains is counted and report
 
 - identical: every region holds the same keys, each with the same type and value and an
   expiry within 1 s.
-- resolution: a key's final state is the effect of a write no later acknowledged write of
-  the same region superseded (for a key only one region writes: its last acknowledged
-  write, or a later one whose outcome is unknown). Superseded by a write lost inside a
-  data-loss window of its region (a Redis killed, restarted empty or from an older RDB,
-  `window_s` before the kill and while its region's shipping was impaired): counted as
-  lost, not a violation. A key present whose superseding write was a delete: resurrected.
+- resolution: a key's final state is the effect of a write that no later acknowledged
+  write of the same region, or of the same client (it had seen the first acknowledged),
+  superseded (for a key one region writes: its last acknowledged write, or a later one
+  whose outcome is unknown). Superseded by a write lost inside a data-loss window of its
+  region (a Redis killed, restarted empty or from an older RDB, `window_s` before the kill
+  and while its region's shipping was impaired): counted as lost, not a violation. A key
+  present whose superseding write was a delete: resurrected.
 - application: through the failover client no read returns a value older than one the
   same client read before, nor older than (or missing instead of) a write acknowledged more
   than `window_s` before, except when that write was in flight inside a failure window of
@@ -172,7 +173,11 @@ def check_resolution(
 
         def superseders(op: Op, ops: list[Op] = ops) -> list[Op]:
             return [
-                o for o in ops if o.outcome == ACKED and o.region == op.region and o.start > op.end
+                o
+                for o in ops
+                if o.outcome == ACKED
+                and (o.region == op.region or o.client == op.client)
+                and o.start > op.end
             ]
 
         matching = [o for o in ops if _allows(o, key, state, at_ms)]

@@ -10,13 +10,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
 from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
 from tests.faults import badinput
 from tests.faults.checker import Verdict, Violation, check
 from tests.faults.history import History
-from tests.faults.nemesis import KINDS, Nemesis
+from tests.faults.nemesis import KINDS, FaultRecord, Nemesis
 from tests.faults.workload import Workload
 from tests.regions import running_regions
 from tests.servers import RedisFactory
@@ -114,8 +116,11 @@ def run_seed(
                     inject_at = [deadline - duration_s * f for f in (0.66, 0.33)]
                     while time.monotonic() < deadline:
                         if inject_at and time.monotonic() >= inject_at[0]:
-                            inject_at.pop(0)
-                            result.bad_records += badinput.inject(regions, rng)
+                            try:
+                                result.bad_records += badinput.inject(regions, rng)
+                                inject_at.pop(0)
+                            except KafkaError:  # the broker is frozen: again in a second
+                                inject_at[0] = time.monotonic() + 1.0
                         time.sleep(0.1)
                 finally:
                     nemesis.stop()
@@ -155,7 +160,19 @@ def run_seed(
                 )
             )
     result.problems += [v.render(seed) for v in result.verdict.violations]
+    if result.problems:
+        _dump(base / "history.txt", history, nemesis.log.faults)
+        result.problems.append(f"history and faults of seed {seed}: {base / 'history.txt'}")
     return result
+
+
+def _dump(path: Path, history: History, faults: list[FaultRecord]) -> None:
+    """Every operation and fault of a failed seed, one per line, for the analysis."""
+    with path.open("w") as out:
+        for fault in faults:
+            out.write("fault " + fault.describe() + "\n")
+        for op in history.ops:
+            out.write("op " + op.describe() + "\n")
 
 
 def _status(daemon: object) -> str:

@@ -118,3 +118,13 @@ def test_missing_long_after_the_ack_is_a_violation_unless_in_flight_during_a_fau
     paused = FaultRecord("daemon-pause", "eu-west", 0.5, 8.0)
     assert Windows([paused], 5, 15).in_flight(w1, r1) is paused
     assert run([w1, r1], {F: ("string", b"0000000001", 0)}, [paused]).violations == []
+
+
+def test_a_later_write_of_the_same_client_in_another_region_supersedes_the_earlier_one() -> None:
+    """What seed 1 of the soak showed: the application's earlier write in us-east, versioned
+    only when that region's daemon came back, beat its later write in eu-west."""
+    older = write(0, "us-east", F, ("string", b"0000000294", None), 1, "application")
+    newer = write(1, "eu-west", F, ("string", b"0000000391", None), 5, "application")
+    assert run([older, newer], {F: ("string", b"0000000391", 0)}).violations == []
+    bad = run([older, newer], {F: ("string", b"0000000294", 0)}).violations
+    assert [v.invariant for v in bad] == ["no-lost-winner"]
