@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from benchmarks.report import table, write_section
-from devcluster import KafkaBroker, RedisServer
-from devcluster.daemons import DaemonProcess, wait_for, write_config
+from devcluster.daemons import wait_for
+from devcluster.regions import LocalRegions
 from replication.model.digest import DIGEST_BYTES, string_digest
 from replication.model.event import ChangeEvent
 from replication.model.value import Kind
@@ -109,39 +109,33 @@ async def values_at(port: int, keys: list[bytes]) -> list[bytes | None]:
 
 def run(n: int, divergent: list[int]) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-ae-"))
-    broker = KafkaBroker(base, heap_mb=1024)
     # A backlog big enough for the injected divergence: overflowing it would be a capture
     # gap, whose (correct) automatic repair would race the measured session.
     big = {"appendonly": "no", "repl-backlog-size": "512mb"}
-    servers = {r: RedisServer(r, base, config=big) for r in (A, B)}
-    daemons: dict[str, DaemonProcess] = {}
+    manual = {
+        "antientropy": {"on_start": False, "automatic": False, "repair_keys_per_s": 1e6},
+        "heartbeat": {"peer_timeout_s": 30.0},
+    }
+    regions = LocalRegions(
+        base,
+        names=(A, B),
+        broker_heap_mb=1024,
+        redis_config=big,
+        overrides=manual,
+        start_daemons=False,
+        daemon_start_s=600,
+    )
+    servers, daemons = regions.servers, regions.daemons
     rows = []
     ok = False
     try:
-        broker.start()
-        for server in servers.values():
-            server.start()
+        regions.start()
         t0 = time.monotonic()
         naive = asyncio.run(load({r: s.port for r, s in servers.items()}, n))
         load_s = time.monotonic() - t0
         print(f"loaded {n} keys into both regions in {load_s:.1f}s")
-        manual = {
-            "antientropy": {"on_start": False, "automatic": False, "repair_keys_per_s": 1e6},
-            "heartbeat": {"peer_timeout_s": 30.0},
-        }
-        for r in (A, B):
-            cfg = write_config(
-                base / "cfg",
-                r,
-                [B if r == A else A],
-                servers[r].url,
-                broker.bootstrap,
-                overrides=manual,
-            )
-            daemons[r] = DaemonProcess(r, cfg)
         t0 = time.monotonic()
-        for d in daemons.values():
-            d.start(wait_s=600)
+        regions.start_daemons()
         wait_for(
             lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
             900,
@@ -191,11 +185,7 @@ def run(n: int, divergent: list[int]) -> None:
             print(rows[-1])
         ok = True
     finally:
-        for daemon in daemons.values():
-            daemon.stop()
-        for server in servers.values():
-            server.stop()
-        broker.stop()
+        regions.stop()
         if ok:
             shutil.rmtree(base, ignore_errors=True)
         else:

@@ -28,8 +28,9 @@ from pathlib import Path
 import redis
 
 from benchmarks.report import table, write_section
-from devcluster import KafkaBroker, RedisServer
-from devcluster.daemons import DaemonProcess, wait_for, write_config
+from devcluster import RedisServer
+from devcluster.daemons import DaemonProcess, wait_for
+from devcluster.regions import LocalRegions
 from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
 from reconciler.consistency.reports import RepairReport
 from replication.model.digest import string_digest
@@ -179,31 +180,19 @@ def rounds_with(n: int, kinds: list[str]) -> list[list[str]]:
     """One cluster loaded with n keys; one round per restart kind."""
     rows: list[list[str]] = []
     base = Path(tempfile.mkdtemp(prefix="bench-mttr-"))
-    broker = KafkaBroker(base)
-    servers = {r: RedisServer(r, base, config={"repl-backlog-size": "256mb"}) for r in REGIONS}
-    daemons: dict[str, DaemonProcess] = {}
+    regions = LocalRegions(
+        base, names=REGIONS, redis_config={"repl-backlog-size": "256mb"}, start_daemons=False
+    )
+    servers, daemons = regions.servers, regions.daemons
     client: FailoverClient | None = None
     traffic: Traffic | None = None
     ok = False
     try:
-        broker.start()
-        for server in servers.values():
-            server.start()
+        regions.start()
         for region, server in servers.items():
             asyncio.run(seed(server.port, n, region))
-        for region in REGIONS:
-            peers = [r for r in REGIONS if r != region]
-            config = write_config(
-                base / "configs", region, peers, servers[region].url, broker.bootstrap
-            )
-            daemons[region] = DaemonProcess(region, config)
-            daemons[region].start()
-        wait_for(
-            lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
-            600,
-            "every daemon consistent",
-            0.5,
-        )
+        regions.start_daemons()
+        regions.wait_status("consistent", timeout_s=600, interval_s=0.5)
         moves: list[tuple[int, str, str]] = []
         client = FailoverClient(
             ClientConfig(
@@ -225,11 +214,7 @@ def rounds_with(n: int, kinds: list[str]) -> list[list[str]]:
             traffic.join(10)
         if client is not None:
             client.close()
-        for daemon in daemons.values():
-            daemon.stop()
-        for server in servers.values():
-            server.stop()
-        broker.stop()
+        regions.stop()
         if ok:
             shutil.rmtree(base, ignore_errors=True)
         else:

@@ -46,7 +46,8 @@ import redis
 
 from benchmarks.report import table, write_section
 from devcluster import KafkaBroker, RedisServer
-from devcluster.daemons import DaemonProcess, wait_for, write_config
+from devcluster.daemons import DaemonProcess, wait_for
+from devcluster.regions import LocalRegions
 
 REGIONS = ("eu-west", "us-east", "ap-south")
 A = REGIONS[0]
@@ -496,43 +497,26 @@ def full_resync(
 # --- the run --------------------------------------------------------------------------------
 def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="bench-repl-"))
-    broker = KafkaBroker(base, heap_mb=1024)
-    servers = {
-        r: RedisServer(r, base, config={"appendonly": "no", "repl-backlog-size": "256mb"})
-        for r in REGIONS
-    }
+    # Production heartbeat timings: on a machine this loaded, the test timings' 3 s peer
+    # timeout declares peers down and starts repairs that disturb the run.
+    regions = LocalRegions(
+        base,
+        names=REGIONS,
+        broker_heap_mb=1024,
+        redis_config={"appendonly": "no", "repl-backlog-size": "256mb"},
+        overrides={"heartbeat": {"interval_s": 1.0, "peer_timeout_s": 30.0}},
+    )
+    broker, servers, daemons = regions.broker, regions.servers, regions.daemons
     # The raw reference runs on a Redis of its own (same settings): written through a
     # region's, its load would be replicated and disturb the run.
     raw_server = RedisServer("raw", base, config={"appendonly": "no"})
-    daemons: dict[str, DaemonProcess] = {}
     result: dict[str, Any] = {"label": args.label, "date": time.strftime("%Y-%m-%d")}
     ok = False
     load: list[float] = []
     try:
-        broker.start()
-        for s in servers.values():
-            s.start()
+        regions.start()
         raw_server.start()
-        for r in REGIONS:
-            peers = [p for p in REGIONS if p != r]
-            # Production heartbeat timings: on a machine this loaded, the test timings'
-            # 3 s peer timeout declares peers down and starts repairs that disturb the run.
-            cfg = write_config(
-                base / "cfg",
-                r,
-                peers,
-                servers[r].url,
-                broker.bootstrap,
-                overrides={"heartbeat": {"interval_s": 1.0, "peer_timeout_s": 30.0}},
-            )
-            daemons[r] = DaemonProcess(r, cfg)
-            daemons[r].start()
-        wait_for(
-            lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
-            90,
-            "consistent",
-            0.2,
-        )
+        regions.wait_status("consistent", timeout_s=90, interval_s=0.2)
         start_status = {r: status(d) for r, d in daemons.items()}
         load.append(os.getloadavg()[0])
         raw = [
@@ -620,12 +604,8 @@ def run(args: argparse.Namespace, shake: Path | None) -> dict[str, Any]:
         result["load"] = load
         ok = True
     finally:
-        for d in daemons.values():
-            d.stop()
-        for s in servers.values():
-            s.stop()
+        regions.stop()
         raw_server.stop()
-        broker.stop()
         if ok:
             shutil.rmtree(base, ignore_errors=True)
         else:

@@ -34,9 +34,8 @@ from typing import Any
 
 import redis
 
-from devcluster.daemons import DaemonProcess, wait_for, write_config
-from devcluster.kafka_broker import KafkaBroker
-from devcluster.redis_server import RedisServer
+from devcluster.daemons import wait_for
+from devcluster.regions import LocalRegions
 from devcluster.workload import IdempotencyLoad
 
 REGIONS = ("eu-west", "us-east", "ap-south")
@@ -167,30 +166,16 @@ def _scenario(base: Path) -> bool:
     # The client's own log lines say what its listener prints below; keep one of each.
     logging.getLogger("reconciler.client").setLevel(logging.ERROR)
 
-    broker = KafkaBroker(base)
-    servers = {r: RedisServer(r, base) for r in REGIONS}
-    daemons: dict[str, DaemonProcess] = {}
+    regions = LocalRegions(base, names=REGIONS)
+    servers, daemons = regions.servers, regions.daemons
     stop = threading.Event()
     cleanup: list[Callable[[], None]] = []
     try:
         say("starting one Kafka broker (KRaft) and three redis-servers on loopback")
-        broker.start()
-        for server in servers.values():
-            server.start()
+        regions.start()
         for region in REGIONS:
-            peers = [r for r in REGIONS if r != region]
-            config = write_config(
-                base / "configs", region, peers, servers[region].url, broker.bootstrap
-            )
-            daemons[region] = DaemonProcess(region, config)
-            daemons[region].start()
             say(f"{region:>8}: redis {servers[region].url}, admin {daemons[region].admin_url()}")
-        wait_for(
-            lambda: all(d.get("/status")["status"] == "consistent" for d in daemons.values()),
-            60,
-            "daemons consistent",
-            0.2,
-        )
+        regions.wait_status("consistent", timeout_s=60, interval_s=0.2)
         say("all three daemons report: consistent")
 
         clients = {r: redis.Redis(host="127.0.0.1", port=s.port) for r, s in servers.items()}
@@ -375,9 +360,5 @@ def _scenario(base: Path) -> bool:
         stop.set()
         for fn in cleanup:
             fn()
-        for daemon in daemons.values():
-            daemon.stop()
-        for server in servers.values():
-            server.stop()
-        broker.stop()
+        regions.stop()
         say("stopped everything")

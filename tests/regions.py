@@ -13,11 +13,10 @@ from typing import Any
 import redis
 
 from devcluster import KafkaBroker
-from devcluster.daemons import DaemonProcess, keyring_of, wait_for, write_config
+from devcluster.daemons import keyring_of, wait_for
 from devcluster.redis_server import RedisTls
+from devcluster.regions import REGIONS, LocalRegions, merged
 from tests.servers import RedisFactory, track
-
-REGIONS = ("eu-west", "us-east", "ap-south")
 
 State = tuple[str, Any, int]  # type, value, absolute expiry ms (0 none)
 
@@ -66,7 +65,11 @@ def snapshot(client: redis.Redis) -> dict[bytes, State]:
     return out
 
 
-class Regions:
+class Regions(LocalRegions):
+    """The suite's regions: servers from the session's factory (stopped by its fixture),
+    daemons tracked for the end-of-session check, a plain redis-py client per region, and
+    a fresh topic prefix per test. Servers start at construction, daemons at `start()`."""
+
     def __init__(
         self,
         base: Path,
@@ -81,14 +84,27 @@ class Regions:
     ) -> None:
         """`redis_tls`: every redis-server is TLS-only, daemons and test clients connect
         with rediss:// and the client certificate."""
-        self.base = base
+        if redis_tls is not None:
+            tls_keys = {
+                "tls_ca_file": str(redis_tls.ca.cert),
+                "tls_cert_file": str(redis_tls.client.cert),
+                "tls_key_file": str(redis_tls.client.key),
+            }
+            overrides = merged(overrides or {}, {"redis": tls_keys})
+        super().__init__(
+            base,
+            names=names,
+            broker=kafka,
+            start_server=lambda n: redis_factory.start(n, tls=redis_tls, **(redis_config or {})),
+            overrides=overrides,
+            region_overrides=region_overrides,
+            topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+            redis_user=daemon_user,
+            start_daemons=False,
+            on_daemon=track,
+        )
         self.kafka = kafka
-        self.names = names
-        self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.servers = {
-            n: redis_factory.start(n, tls=redis_tls, **(redis_config or {})) for n in names
-        }
-        self.daemons: dict[str, DaemonProcess] = {}
+        self.start_servers()
         ssl_options = redis_tls.client_options.redis_py_options() if redis_tls else {}
         self.clients = {
             n: redis.Redis(
@@ -96,39 +112,16 @@ class Regions:
             )
             for n, s in self.servers.items()
         }
-        if redis_tls is not None:
-            tls_keys = {
-                "tls_ca_file": str(redis_tls.ca.cert),
-                "tls_cert_file": str(redis_tls.client.cert),
-                "tls_key_file": str(redis_tls.client.key),
-            }
-            overrides = _merged(overrides or {}, {"redis": tls_keys})
-        for name in names:
-            url = self.servers[name].url
-            if daemon_user:
-                url = url.replace("redis://", f"redis://{daemon_user}@")
-            config = write_config(
-                base / "configs",
-                name,
-                [p for p in names if p != name],
-                url,
-                kafka.bootstrap,
-                topic_prefix=self.prefix,
-                overrides=_merged(overrides or {}, (region_overrides or {}).get(name, {})),
-            )
-            daemon = DaemonProcess(name, config)
-            track(daemon)
-            self.daemons[name] = daemon
+        self.write_configs()
         # Every region's keys: to read what the daemons put on the wire, or to sign as one.
         self.keyring = keyring_of(base / "configs")
 
     def start(self) -> None:
-        for daemon in self.daemons.values():
-            daemon.start()
+        self.start_daemons()
 
     def stop(self) -> None:
-        for daemon in self.daemons.values():
-            daemon.stop()
+        """Stop the daemons and close the clients (the servers belong to the factory)."""
+        self.stop_daemons()
         for client in self.clients.values():
             client.close()
 
@@ -143,28 +136,6 @@ class Regions:
         """Wait until every region holds the same logical data; returns it."""
         wait_for(self.converged, timeout_s, "all regions to hold the same data", 0.25)
         return snapshot(self.clients[self.names[0]])
-
-    def wait_status(self, status: str = "consistent", timeout_s: float = 60.0) -> None:
-        wait_for(
-            lambda: all(d.get("/status")["status"] == status for d in self.daemons.values()),
-            timeout_s,
-            f"every daemon to report {status}",
-            0.25,
-        )
-
-    def topic(self, region: str) -> str:
-        return f"{self.prefix}.changes.{region}"
-
-
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the tables of `extra` merged in (one level: [admin] port, ...)."""
-    out = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
 
 
 @contextmanager
