@@ -31,23 +31,27 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from reconciler.configfile import Secret
+from reconciler.consistency.reports import RepairReport
 from reconciler.service.config import is_loopback
+from reconciler.service.parts import DaemonParts
 from reconciler.service.state import now_ms
 from replication.errors import ReconcilerError
 
-if TYPE_CHECKING:
-    from reconciler.service.daemon import Daemon
+OperatorSession = Callable[[str, str, str], Coroutine[Any, Any, "RepairReport"]]
+"""Runs a session (peer, mode, trigger) for the operator and returns its report."""
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +141,30 @@ class AdminPortError(ReconcilerError):
 
 
 class AdminServer:
-    def __init__(self, daemon: Daemon, host: str, port: int, token: Secret | None = None) -> None:
-        self.daemon = daemon
+    """The admin endpoint: health, status and metrics for anyone on the bind address;
+    operator sessions (POST) for holders of the bearer token."""
+
+    def __init__(
+        self,
+        parts: DaemonParts,
+        host: str,
+        port: int,
+        token: Secret | None,
+        *,
+        state_dir: Path,
+        peers: tuple[str, ...],
+        collector: Collector,
+        operator_session: OperatorSession,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.parts = parts
         self.host = host
         self.port = port
-        self.token = token if token is not None else daemon.config.admin.token
+        self.token = token
+        self.state_dir = state_dir
+        self.peers = peers
+        self.operator_session = operator_session
+        self.stopping = stopping
         if self.token is None and not is_loopback(host):
             # The config refuses this too; a server built in code must not bypass it.
             raise ReconcilerError(
@@ -151,7 +174,8 @@ class AdminServer:
         self.sessions = OperatorSessions()
         self.refused: Counter[str] = Counter()  # refused requests by reason
         self.registry = CollectorRegistry()
-        self.registry.register(daemon.collector)
+        self.registry.register(collector)
+        self.registry.register(_AdminCollector(self))
         ProcessCollector(registry=self.registry)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -177,7 +201,7 @@ class AdminServer:
         server = self.bind()
         self._thread = threading.Thread(target=server.serve_forever, name="admin", daemon=True)
         self._thread.start()
-        path = admin_file(self.daemon.state_dir, self.daemon.region)
+        path = admin_file(self.state_dir, self.parts.region)
         path.write_text(json.dumps({"host": self.host, "port": self.port}) + "\n")
 
     def stop(self) -> None:
@@ -188,7 +212,7 @@ class AdminServer:
             if thread is not None:
                 server.shutdown()  # waits for serve_forever: only when it runs
             server.server_close()
-        admin_file(self.daemon.state_dir, self.daemon.region).unlink(missing_ok=True)
+        admin_file(self.state_dir, self.parts.region).unlink(missing_ok=True)
 
     def run_on_loop(self, coro: Any, timeout_s: float) -> Any:
         return self.submit(coro).result(timeout_s)
@@ -214,7 +238,8 @@ class AdminServer:
         return is_loopback(self.host)
 
     def status(self) -> dict[str, Any]:
-        d = self.daemon
+        """The body of `GET /status`."""
+        d = self.parts
         return {
             "region": d.region,
             "status": d.state.status,
@@ -227,7 +252,7 @@ class AdminServer:
             "verified": d.region_state.verified,
             "sessions_running": d.region_state.running,
             "caught_up": d.region_state.caught_up,
-            "applied_behind_ms": d.recovery.catch_up.lag_ms(now_ms()),
+            "applied_behind_ms": d.catch_up.lag_ms(now_ms()),
             "deadletters": d.dead_letters.count,
             "inbound_lag": d.state.inbound_lag,
             "peers": {
@@ -309,9 +334,9 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
                 return
             path = urlsplit(self.path).path
             if path == "/health":
-                stopping = admin.daemon._stopping.is_set()
+                stopping = admin.stopping()
                 code = HTTPStatus.SERVICE_UNAVAILABLE if stopping else HTTPStatus.OK
-                self._json(code, {"ok": not stopping, "status": admin.daemon.state.status})
+                self._json(code, {"ok": not stopping, "status": admin.parts.state.status})
             elif path == "/status":
                 self._json(HTTPStatus.OK, admin.status())
             elif path == "/metrics":
@@ -332,7 +357,7 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
             if mode == "repair" and query.get("dry_run") in ("1", "true", "yes"):
                 mode = "dry-run"
             peer = query.get("peer", "")
-            peers = list(admin.daemon.config.peers)
+            peers = list(admin.peers)
             if peer not in peers:
                 self._refuse(
                     HTTPStatus.BAD_REQUEST,
@@ -343,9 +368,7 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
             try:
                 report = admin.sessions.run(
                     (peer, mode),
-                    lambda: admin.submit(
-                        admin.daemon.operator_session(peer, mode, "operator command")
-                    ),
+                    lambda: admin.submit(admin.operator_session(peer, mode, "operator command")),
                     SESSION_TIMEOUT_S,
                 )
             except BusyError as exc:
@@ -357,3 +380,28 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
             self._json(HTTPStatus.OK, report.to_json())
 
     return Handler
+
+
+class _AdminCollector(Collector):
+    """The endpoint's own metrics: refusals by reason, operator sessions in the queue."""
+
+    def __init__(self, admin: AdminServer) -> None:
+        self.admin = admin
+
+    def collect(self) -> Iterator[Metric]:
+        region = self.admin.parts.region
+        refused = CounterMetricFamily(
+            "reconciler_admin_refused",
+            "Admin requests refused, by reason (token, unknown peer, busy)",
+            labels=["region", "reason"],
+        )
+        for reason, n in sorted(self.admin.refused.items()):
+            refused.add_metric([region, reason], n)
+        yield refused
+        sessions = GaugeMetricFamily(
+            "reconciler_admin_operator_sessions",
+            "Operator sessions queued or running",
+            labels=["region"],
+        )
+        sessions.add_metric([region], self.admin.sessions.queued)
+        yield sessions

@@ -53,6 +53,7 @@ from reconciler.service.heartbeat import Heartbeats
 from reconciler.service.instance import InstanceGuard
 from reconciler.service.metrics import DaemonCollector
 from reconciler.service.notify import ServiceNotifier, status_text
+from reconciler.service.parts import DaemonParts
 from reconciler.service.recovery import Recovery
 from reconciler.service.regionstate import RegionState, Status
 from reconciler.service.sessions import SessionRunner
@@ -209,9 +210,8 @@ class Daemon:
             max_records=config.apply.max_records_per_poll,
             transient_retry_s=config.apply.transient_retry_s,
         )
-        self.collector = DaemonCollector(self)
-        self.admin = AdminServer(self, config.admin.host, config.admin.port)
-        self.notifier = ServiceNotifier(lambda: status_text(self))  # systemd, if under it
+        # systemd, if under it (the status line is read once the parts exist, below)
+        self.notifier = ServiceNotifier(lambda: status_text(self.parts))
         self.journal = ConflictJournal(
             config.reports_path / f"conflicts-{self.region}.jsonl",
             max_bytes=config.reports.journal_max_bytes,
@@ -247,6 +247,36 @@ class Daemon:
             notifier=self.notifier,
             spawn=self._spawn,
             stopping=self._stopping,
+        )
+        self.parts = DaemonParts(
+            region=self.region,
+            state=self.state,
+            region_state=self.region_state,
+            catch_up=self.recovery.catch_up,
+            peers=self.peers,
+            source=self.source,
+            outbound=self.outbound,
+            inbound=self.inbound,
+            consumer=self.consumer,
+            producer=self.producer,
+            versioner=self.versioner,
+            dead_letters=self.dead_letters,
+            antientropy=self.antientropy,
+            control=self.control,
+            journal=self.journal,
+            trees=self.trees,
+        )
+        self.collector = DaemonCollector(self.parts)
+        self.admin = AdminServer(
+            self.parts,
+            config.admin.host,
+            config.admin.port,
+            config.admin.token,
+            state_dir=self.state_dir,
+            peers=tuple(config.peers),
+            collector=self.collector,
+            operator_session=self.operator_session,
+            stopping=self._stopping.is_set,
         )
         self._signals = 0
         self._loop: asyncio.AbstractEventLoop | None = None

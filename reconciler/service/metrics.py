@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,22 +17,22 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from reconciler.service.parts import DaemonParts
 from reconciler.service.state import now_ms
 from replication.model.keys import STATUS_STATES
-
-if TYPE_CHECKING:
-    from reconciler.service.daemon import Daemon
 
 P = "reconciler_"
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    """The daemon's metrics, from its parts (see reconciler.service.parts)."""
+
+    def __init__(self, parts: DaemonParts) -> None:
+        self.parts = parts
 
     def _stages(self) -> HistogramMetricFamily:
         """Replication lag split by stage (see replication.latency), counted in changes."""
-        d = self.daemon
+        d = self.parts
         family = HistogramMetricFamily(
             P + "stage_seconds",
             "Time changes spent per replication stage: captured_to_versioned and "
@@ -51,7 +50,7 @@ class DaemonCollector(Collector):
         return family
 
     def collect(self) -> Iterator[Metric]:
-        d = self.daemon
+        d = self.parts
         region = d.region
         out = d.outbound.stats
         inb = d.inbound.stats
@@ -74,7 +73,7 @@ class DaemonCollector(Collector):
         yield counter("capture_echoes", "Touched keys that were echoes or no-ops", out.echoes)
         yield counter("capture_unsupported", "Writes to unreplicated types", out.unsupported)
         yield gauge("capture_acked_offset", "Stream offset acknowledged", out.acked_offset)
-        behind_ms = d.recovery.catch_up.lag_ms(now_ms())
+        behind_ms = d.catch_up.lag_ms(now_ms())
         yield gauge(
             "applier_behind_seconds",
             "Age of the oldest peer change that may be unapplied here (NaN: not known yet)",
@@ -225,20 +224,6 @@ class DaemonCollector(Collector):
             "reports_pruned", "Old reports removed to stay within [reports]", ae.reports.pruned
         )
         yield counter("journal_rotations", "Conflicts journal rotations", d.journal.rotations)
-
-        refused = CounterMetricFamily(
-            P + "admin_refused",
-            "Admin requests refused, by reason (token, unknown peer, busy)",
-            labels=["region", "reason"],
-        )
-        for reason, n in sorted(d.admin.refused.items()):
-            refused.add_metric([region, reason], n)
-        yield refused
-        yield gauge(
-            "admin_operator_sessions",
-            "Operator sessions queued or running",
-            d.admin.sessions.queued,
-        )
 
         status = GaugeMetricFamily(
             P + "status", "1 for the current state", labels=["region", "state"]

@@ -25,10 +25,8 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from reconciler.service.daemon import Daemon
+from reconciler.service.parts import DaemonParts
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:MAX_STATUS_CHARS]
 
 
-def status_text(daemon: Daemon) -> str:
+def status_text(daemon: DaemonParts) -> str:
     """The region's status for ``STATUS=``: state, peers up, and lag both ways."""
     state = daemon.state
     peers = daemon.peers.state.values()
