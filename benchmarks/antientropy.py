@@ -77,9 +77,9 @@ async def load(ports: dict[str, int], n: int) -> int:
 async def diverge(port: int, n: int, d: int, round_: int) -> dict[bytes, bytes]:
     """d keys get a newer version in one region only: half updates, half new keys.
 
-    The versions come from a third region ("sa-east") whose changes reached A and not B
-    (as if lost in transit): A's capture does not ship other regions' versions, so only
-    anti-entropy can bring them to B."""
+    The versions are A's own, written by the library's apply as if they came back from a
+    restore (their metadata matches their values, so A's capture takes them for echoes
+    and ships nothing): only anti-entropy can bring them to B."""
     rng = random.Random(round_)
     updated = rng.sample(range(n), d - d // 2)
     keys = [key_of(i) for i in updated] + [b"new:%d:%09d" % (round_, i) for i in range(d // 2)]
@@ -87,8 +87,8 @@ async def diverge(port: int, n: int, d: int, round_: int) -> dict[bytes, bytes]:
         event(
             k,
             b"r%d-%s" % (round_, rng.randbytes(8).hex().encode()),
-            {"loader": 1, "sa-east": 10_000 + round_},
-            "sa-east",
+            {"loader": 1, A: 10_000 + round_},
+            A,
         )
         for k in keys
     ]
@@ -115,6 +115,9 @@ def run(n: int, divergent: list[int]) -> None:
     manual = {
         "antientropy": {"on_start": False, "automatic": False, "repair_keys_per_s": 1e6},
         "heartbeat": {"peer_timeout_s": 30.0},
+        # The loaded versions name this region: retired, its clock entry (the same in
+        # every version) may be relayed and is left out of comparisons.
+        "retired_regions": ["loader"],
     }
     regions = LocalRegions(
         base,

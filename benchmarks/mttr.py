@@ -31,7 +31,8 @@ from benchmarks.report import table, write_section
 from devcluster import RedisServer
 from devcluster.daemons import DaemonProcess, wait_for
 from devcluster.regions import LocalRegions
-from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
+from devcluster.workload import local_failover_policy
+from reconciler.client import ClientConfig, FailoverClient, RegionConfig
 from reconciler.consistency.reports import RepairReport
 from replication.model.digest import string_digest
 from replication.model.event import ChangeEvent
@@ -44,16 +45,7 @@ from replication.redis.resp import RespConnection
 REGIONS = ("eu-west", "us-east", "ap-south")
 HOME = REGIONS[0]
 VALUE_BYTES = 32
-POLICY = PolicyConfig(
-    window_s=2.0,
-    min_requests=5,
-    error_rate_threshold=0.5,
-    command_timeout_s=0.5,
-    connect_timeout_s=0.5,
-    probe_interval_s=0.2,
-    probe_backoff_cap_s=0.5,
-    failback_healthy_s=2.0,
-)
+POLICY = local_failover_policy()
 
 
 def now_ms() -> int:

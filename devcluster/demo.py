@@ -36,7 +36,7 @@ import redis
 
 from devcluster.daemons import wait_for
 from devcluster.regions import LocalRegions
-from devcluster.workload import IdempotencyLoad
+from devcluster.workload import IdempotencyLoad, local_failover_policy
 
 REGIONS = ("eu-west", "us-east", "ap-south")
 FAILED = "ap-south"
@@ -158,7 +158,6 @@ def _scenario(base: Path) -> bool:
         CommandOutcomeUnknownError,
         Event,
         FailoverClient,
-        PolicyConfig,
         RegionConfig,
     )
     from reconciler.consistency.reports import RepairReport
@@ -183,15 +182,7 @@ def _scenario(base: Path) -> bool:
         app = FailoverClient(
             ClientConfig(
                 regions=tuple(RegionConfig(name=r, url=servers[r].url) for r in order),
-                policy=PolicyConfig(
-                    window_s=2.0,
-                    min_requests=5,
-                    error_rate_threshold=0.5,
-                    command_timeout_s=0.5,
-                    connect_timeout_s=0.5,
-                    probe_interval_s=0.3,
-                    failback_healthy_s=2.0,
-                ),
+                policy=local_failover_policy(),
                 client_name="payments-demo",
             )
         )

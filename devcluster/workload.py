@@ -231,3 +231,23 @@ class IdempotencyLoad:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_failover_policy(**changes: Any) -> Any:
+    """The failover client's policy for local regions (demo, tests, benchmarks): a 2 s
+    window, fail over at half the requests failing (5 at least), back after 2 s of good
+    probes and a trusted `consistent`. `changes` override single settings."""
+    from reconciler.client import PolicyConfig
+
+    settings: dict[str, Any] = {
+        "window_s": 2.0,
+        "min_requests": 5,
+        "error_rate_threshold": 0.5,
+        "command_timeout_s": 0.5,
+        "connect_timeout_s": 0.5,
+        "probe_interval_s": 0.2,
+        "probe_backoff_cap_s": 0.5,
+        "failback_healthy_s": 2.0,
+        "require_consistent_status": True,
+    }
+    return PolicyConfig(**(settings | changes))

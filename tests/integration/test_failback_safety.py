@@ -22,13 +22,12 @@ import pytest
 
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
-from devcluster.workload import IdempotencyLoad
+from devcluster.workload import IdempotencyLoad, local_failover_policy
 from reconciler.client import (
     ClientConfig,
     CommandOutcomeUnknownError,
     Event,
     FailoverClient,
-    PolicyConfig,
     RegionConfig,
 )
 from reconciler.status import decode_status, parse_run_id
@@ -38,17 +37,7 @@ from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
 
-POLICY = PolicyConfig(
-    window_s=2.0,
-    min_requests=5,
-    error_rate_threshold=0.5,
-    command_timeout_s=0.5,
-    connect_timeout_s=0.5,
-    probe_interval_s=0.2,
-    probe_backoff_cap_s=0.5,
-    failback_healthy_s=2.0,
-    require_consistent_status=True,
-)
+POLICY = local_failover_policy()
 READ_AFTER_S = 3.0
 # Writes acknowledged this long before the kill may still have been on their way to the
 # other regions (replication lag, generous for two shared cores); anything older had arrived.
