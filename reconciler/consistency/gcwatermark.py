@@ -56,11 +56,18 @@ What it assumes: within one daemon's run its wall clock does not step back (a he
 older than the last one taken is rejected by `Peers`); when an origin restarts, its frontier
 starts again from its new heartbeats. Not covered: a repair shipment read from a peer's
 Redis before that peer applied the delete but acknowledged by Kafka after the heartbeat
-that closes (B); `tombstones.min_age_s` keeps such a window far behind. Nor a delete a
-peer dead-lettered instead of applying (quarantined as `clock-ahead`, refused by its Redis):
-its applied offsets move past it all the same. The dead letter is counted (alert on
-`clock-ahead`); an anti-entropy session run before the tombstone is collected repairs the
-key, one run after it may bring the peer's old value back.
+that closes (B); `tombstones.min_age_s` keeps such a window far behind.
+
+**Refused events.** A peer's applied offsets move past an event it refused (dead-lettered:
+quarantined as `clock-ahead`, refused by its Redis) as past one it applied; if that event was
+a delete, the peer never had it, and forgetting the tombstone here would let an
+anti-entropy session bring the peer's old value back. So heartbeats carry `refused_events`
+(read after `applied`), and once that count grows, the peer's claims are capped for good at
+what it had applied at its previous heartbeat (the refused events lie beyond it, on some
+topic: the count does not say which). Tombstones past the cap wait for `horizon_s`; the
+dead letters are counted and alert-worthy. The cap lives as long as this daemon's run (a
+restart runs anti-entropy with every peer first, which finds such a key while the tombstone
+still exists here).
 
 Memory is bounded: at most `max_pending` snapshots and claims per region are kept (those
 with the same offsets share one entry, so a quiet region keeps one); when a region stalls
@@ -116,6 +123,9 @@ class _Peer:
     """A peer's claims of what it had applied, until they are effective here."""
 
     epoch: int = 0
+    refused: int = 0  # its refused-events count at its last heartbeat (of this epoch)
+    last_applied: dict[str, Offsets] = field(default_factory=dict)  # at its last heartbeat
+    cap: dict[str, Offsets] | None = None  # claims never count beyond this (see doc)
     unresolved: deque[_Claim] = field(default_factory=deque)  # waiting for its watermark
     resolved: deque[tuple[Offsets, dict[str, Offsets]]] = field(default_factory=deque)
     effective: dict[str, Offsets] = field(default_factory=dict)  # per origin region
@@ -164,6 +174,7 @@ class GcWatermark:
         produced: Mapping[int, int],
         applied: Mapping[str, Mapping[int, int]],
         status: str = STATUS_CONSISTENT,
+        refused_events: int = 0,
     ) -> None:
         """A heartbeat `Peers` accepted from `peer` (times on its clock)."""
         claims = self._claims.get(peer)
@@ -174,20 +185,22 @@ class GcWatermark:
             # Another daemon of that region: its watermark starts again, so claims waiting
             # for the old one's can never be closed, and its times are a new series.
             claims.epoch = epoch
+            claims.refused = 0  # a new run counts from 0
             claims.unresolved.clear()
             origin.pending.clear()
             origin.safe_before_ms = 0
+        if refused_events > claims.refused:
+            # Refused since its last heartbeat, hence beyond what that one had applied.
+            claims.cap = _lowest(claims.cap, claims.last_applied)
+        claims.refused = refused_events
+        now = {o: dict(offs) for o, offs in applied.items() if o in self._origins}
+        claims.last_applied = now
         if status == STATUS_RECOVERING:
             claims.unresolved.clear()
             origin.pending.clear()
             return
         _bounded_append(
-            claims.unresolved,
-            _Claim(
-                at_ms,
-                {o: dict(offs) for o, offs in applied.items() if o in self._origins},
-            ),
-            self.max_pending,
+            claims.unresolved, _Claim(at_ms, _capped(now, claims.cap)), self.max_pending
         )
         self._snapshot(origin, shipped_through_ms, produced)
         while claims.unresolved and claims.unresolved[0].at_ms <= shipped_through_ms:
@@ -257,6 +270,21 @@ class GcWatermark:
             for name, origin in self._origins.items()
             if origin.pending
         }
+
+
+def _capped(applied: dict[str, Offsets], cap: dict[str, Offsets] | None) -> dict[str, Offsets]:
+    """`applied`, no partition beyond `cap` (a region or partition the cap lacks: 0)."""
+    if cap is None:
+        return applied
+    return {
+        region: {p: min(o, cap.get(region, {}).get(p, 0)) for p, o in offsets.items()}
+        for region, offsets in applied.items()
+    }
+
+
+def _lowest(cap: dict[str, Offsets] | None, applied: dict[str, Offsets]) -> dict[str, Offsets]:
+    """The lower of an existing cap and `applied` (the first cap is `applied` itself)."""
+    return {k: dict(v) for k, v in applied.items()} if cap is None else _capped(cap, applied)
 
 
 def _bounded_append(queue: deque[T], item: T, limit: int) -> None:

@@ -549,6 +549,9 @@ class Heartbeat:
     since_ms: int = 0
     last_repair_ms: int = 0
     deadletters: int = 0
+    refused_events: int = 0
+    """Events of verified records it refused (dead-lettered, not applied) since it started,
+    read after `applied`: the tombstone GC must not count those as applied."""
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Heartbeat:
@@ -564,6 +567,7 @@ class Heartbeat:
                 "since_ms",
                 "last_repair_ms",
                 "deadletters",
+                "refused_events",
             )
         }
         status = _str(body.get("status", ""), "status", 32)

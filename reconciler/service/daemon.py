@@ -154,6 +154,7 @@ class Daemon:
                 produced=beat.produced,
                 applied=beat.applied,
                 status=beat.status,
+                refused_events=beat.refused_events,
             ),
         )
         self.shipper = RepairShipper(
@@ -183,6 +184,7 @@ class Daemon:
             producer=self.producer,
             dead_letters=self.dead_letters,
             gc=self.gc_watermark,
+            refused_events=lambda: self.consumer.rejected_events + self.inbound.stats.rejected,
         )
         self.settler = Settler(
             self.region,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.consistency.gcwatermark import GcWatermark
@@ -37,6 +38,7 @@ class Heartbeats:
         producer: ChangeProducer,
         dead_letters: DeadLetters,
         gc: GcWatermark | None = None,
+        refused_events: Callable[[], int] = lambda: 0,
     ) -> None:
         self.state = state
         self.guard = guard
@@ -46,6 +48,7 @@ class Heartbeats:
         self.dead_letters = dead_letters
         self.watermark = CaptureWatermark()
         self.gc = gc
+        self.refused_events = refused_events
 
     async def master_offset(self) -> int | None:
         """Our Redis's replication offset (None if it does not answer)."""
@@ -69,6 +72,8 @@ class Heartbeats:
             applied = await self.consumer.applied_offsets()
             lag = await self.consumer.lag(applied)
             self.state.inbound_lag = lag
+        # Read after `applied`: every event refused below those offsets is counted.
+        refused = self.refused_events()
         # `applied` is read before `at_ms` is taken: a peer's tombstone GC relies on every
         # write we made before applying what `applied` covers being older than `at_ms`.
         at_ms = now_ms()
@@ -86,6 +91,7 @@ class Heartbeats:
             "since_ms": state.since_ms,
             "last_repair_ms": state.last_repair_ms,
             "deadletters": self.dead_letters.count,
+            "refused_events": refused,
             "lag": lag,
             "at_ms": at_ms,
             "shipped_through_ms": shipped_through,

@@ -296,3 +296,72 @@ async def test_peers_hand_the_gc_only_the_heartbeats_they_take() -> None:
     await send(C, at_ms=120)  # not a configured peer
     await send(B, at_ms=130)
     assert taken == [(B, 100), (B, 130)]
+
+
+def test_a_delete_a_peer_refused_is_never_counted_as_applied_there() -> None:
+    """C's applied offsets move past an event it dead-lettered (a delete quarantined as
+    clock-ahead, say) as past one it applied: once its refused count grows, nothing it
+    applied after its previous heartbeat counts, so our tombstones from then on wait."""
+    gc = GcWatermark(US, [B, C])
+    gc.observe_own(1000, {0: 3}, {B: {}, C: {}})
+    beat(gc, B, 10, 10, {}, {US: {0: 3}})
+    beat(gc, C, 20, 20, {}, {US: {0: 3}})
+    gc.observe_own(1100, {0: 3}, {B: {}, C: {}})
+    assert gc.safe_before_ms(US) == 1100  # everything up to offset 3 was applied everywhere
+
+    # We delete a key (offset 3 -> 4); C refuses that event but its offsets move on.
+    gc.observe_own(1200, {0: 4}, {B: {}, C: {}})
+    beat(gc, B, 30, 30, {}, {US: {0: 4}})
+    gc.observe_peer(
+        C,
+        epoch=1,
+        at_ms=40,
+        shipped_through_ms=40,
+        produced={},
+        applied={US: {0: 4}},
+        refused_events=1,
+    )
+    gc.observe_own(1300, {0: 4}, {B: {}, C: {}})
+    assert gc.safe_before_ms(US) == 1100
+    assert gc.waiting_on()[US] == [C]
+    # Later heartbeats with nothing more refused do not lift it: the hole stays behind them.
+    for at in (50, 60):
+        gc.observe_peer(
+            C,
+            epoch=1,
+            at_ms=at,
+            shipped_through_ms=at,
+            produced={},
+            applied={US: {0: 9}},
+            refused_events=1,
+        )
+    gc.observe_own(1400, {0: 4}, {B: {}, C: {}})
+    assert gc.safe_before_ms(US) == 1100
+    # Nor does C's restart (a new run counts from 0).
+    gc.observe_peer(
+        C,
+        epoch=2,
+        at_ms=70,
+        shipped_through_ms=70,
+        produced={},
+        applied={US: {0: 9}},
+    )
+    gc.observe_own(1500, {0: 4}, {B: {}, C: {}})
+    assert gc.safe_before_ms(US) == 1100
+
+
+def test_a_refusal_in_a_peers_run_before_we_heard_it_holds_everything() -> None:
+    gc = GcWatermark(US, [B, C])
+    gc.observe_own(1000, {0: 3}, {B: {}, C: {}})
+    beat(gc, B, 10, 10, {}, {US: {0: 3}})
+    gc.observe_peer(
+        C,
+        epoch=1,
+        at_ms=20,
+        shipped_through_ms=20,
+        produced={},
+        applied={US: {0: 3}},
+        refused_events=2,
+    )
+    gc.observe_own(1100, {0: 3}, {B: {}, C: {}})
+    assert gc.safe_before_ms(US) == 0
