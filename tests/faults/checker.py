@@ -284,7 +284,8 @@ def check_application(history: History, windows: Windows, verdict: Verdict) -> N
 
 
 def _excuse(write: Op, read: Op, windows: Windows) -> str:
-    if windows.loss(write) is not None:
+    loss = windows.loss(write)
+    if loss is not None and read.start >= loss.start:  # a read before the crash saw no loss
         return "in-data-loss-window"
     if windows.in_flight(write, read) is not None:
         return "in-flight-during-fault"

@@ -188,8 +188,10 @@ class Nemesis(threading.Thread):
         record = active.record
         kind, target = record.kind, record.target
         if kind == "daemon-kill9":
-            # A daemon reports healthy only once it reaches its Redis: heal that one first.
-            for other in [a for a in self._active if a.record.detail == f"redis:{target}"]:
+            # A daemon reports healthy only once it reaches its Redis and the broker: heal
+            # those first (start() would otherwise wait for them to its timeout).
+            needs = (f"redis:{target}", "broker")
+            for other in [a for a in self._active if a.record.detail in needs]:
                 self._heal(other)
             self.regions.daemons[target].start(wait_s=120)
         elif kind == "daemon-pause":

@@ -128,3 +128,13 @@ def test_a_later_write_of_the_same_client_in_another_region_supersedes_the_earli
     assert run([older, newer], {F: ("string", b"0000000391", 0)}).violations == []
     bad = run([older, newer], {F: ("string", b"0000000294", 0)}).violations
     assert [v.invariant for v in bad] == ["no-lost-winner"]
+
+
+def test_a_stale_read_before_a_later_crash_is_not_excused_by_it() -> None:
+    w1 = write(0, "eu-west", F, ("string", b"0000000001", None), 1, "application")
+    w2 = write(1, "eu-west", F, ("string", b"0000000002", None), 2, "application")
+    r1 = read(2, "eu-west", F, b"0000000002", 3)
+    r2 = read(3, "eu-west", F, b"0000000001", 4)
+    crash = FaultRecord("redis-kill-empty", "eu-west", 5.0, 8.0)
+    verdict = run([w1, w2, r1, r2], {F: ("string", b"0000000002", 0)}, [crash])
+    assert [v.invariant for v in verdict.violations] == ["monotonic-reads"]
