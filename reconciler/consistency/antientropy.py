@@ -85,6 +85,7 @@ from reconciler.consistency.messages import (
     parse_request,
     reply_seq,
 )
+from reconciler.consistency.modes import SessionMode
 from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import KeyDecision, RepairReport, ReportStore
 from reconciler.service.config import AntiEntropySection
@@ -549,22 +550,26 @@ class AntiEntropy:
         return checked, bad
 
     # ---------------------------------------------------------------------- initiator
-    async def run(self, peer: str, trigger: str, mode: str = "repair") -> RepairReport:
+    async def run(
+        self, peer: str, trigger: str, mode: SessionMode = SessionMode.REPAIR
+    ) -> RepairReport:
         """One session with `peer`; writes and returns its report (never raises for a
         session failure: the report says `failed` and why)."""
         report = RepairReport.new(self.region, peer, trigger, mode)
         session = uuid.uuid4().hex
         started = time.monotonic()
         try:
-            if mode == "resync":
+            if mode is SessionMode.RESYNC:
                 t0 = time.monotonic()
                 shipped = await self._request(
                     report, session, Resync(self.region), timeout_s=24 * 3600.0
                 )
                 report.repaired["fetched"] = shipped.shipped
                 report.durations_s["resync"] = time.monotonic() - t0
-            await self._compare(report, session, dry_run=mode in ("dry-run", "verify"))
-            if mode == "verify":
+            await self._compare(
+                report, session, dry_run=mode in (SessionMode.DRY_RUN, SessionMode.VERIFY)
+            )
+            if mode is SessionMode.VERIFY:
                 await self._verify_data(report, session)
             report.finish("ok")
             self.sessions_ok += 1

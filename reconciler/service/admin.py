@@ -44,13 +44,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from reconciler.configfile import Secret
+from reconciler.consistency.modes import SessionMode
 from reconciler.consistency.reports import RepairReport
 from reconciler.service.config import is_loopback
 from reconciler.service.parts import DaemonParts
 from reconciler.service.state import now_ms
 from replication.errors import ReconcilerError
 
-OperatorSession = Callable[[str, str, str], Coroutine[Any, Any, "RepairReport"]]
+OperatorSession = Callable[[str, SessionMode, str], Coroutine[Any, Any, "RepairReport"]]
 """Runs a session (peer, mode, trigger) for the operator and returns its report."""
 
 log = logging.getLogger(__name__)
@@ -349,13 +350,17 @@ def _handler_for(admin: AdminServer) -> type[BaseHTTPRequestHandler]:
                 return
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            modes = {"/repair": "repair", "/verify": "verify", "/resync": "resync"}
+            modes = {
+                "/repair": SessionMode.REPAIR,
+                "/verify": SessionMode.VERIFY,
+                "/resync": SessionMode.RESYNC,
+            }
             mode = modes.get(parts.path)
             if mode is None:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {parts.path}"})
                 return
             if mode == "repair" and query.get("dry_run") in ("1", "true", "yes"):
-                mode = "dry-run"
+                mode = SessionMode.DRY_RUN
             peer = query.get("peer", "")
             peers = list(admin.peers)
             if peer not in peers:

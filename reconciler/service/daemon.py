@@ -33,6 +33,7 @@ from reconciler.consistency.antientropy import AntiEntropy
 from reconciler.consistency.control import ControlChannel
 from reconciler.consistency.gcwatermark import GcWatermark
 from reconciler.consistency.merkle import MerkleIndex
+from reconciler.consistency.modes import SessionMode
 from reconciler.consistency.peers import BYE, Peers, send_heartbeats
 from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import ConflictJournal, RepairReport, ReportStore
@@ -331,7 +332,7 @@ class Daemon:
         log.warning("local flush of dbs %s: refilling from peers", sorted(dbs))
         # The gap that comes with the flush triggers the recovery.
 
-    async def operator_session(self, peer: str, mode: str, trigger: str) -> RepairReport:
+    async def operator_session(self, peer: str, mode: SessionMode, trigger: str) -> RepairReport:
         """Run a session for the operator (admin endpoint) and wait for its report."""
         return await self.sessions.operator_session(peer, mode, trigger)
 

@@ -38,6 +38,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from reconciler.consistency.modes import SessionMode
 from replication.model.keys import STATUS_CONSISTENT, STATUS_RECOVERING, STATUS_REPAIRING
 
 __all__ = ["RegionState", "SessionMode", "SessionRequest", "Status"]
@@ -49,20 +50,6 @@ class Status(enum.StrEnum):
     RECOVERING = STATUS_RECOVERING
     REPAIRING = STATUS_REPAIRING
     CONSISTENT = STATUS_CONSISTENT
-
-
-class SessionMode(enum.StrEnum):
-    """What an anti-entropy session does with the differences it finds."""
-
-    REPAIR = "repair"
-    DRY_RUN = "dry-run"
-    VERIFY = "verify"
-    RESYNC = "resync"
-
-    @property
-    def repairs(self) -> bool:
-        """True for the modes that change data (and so count as a repair)."""
-        return self in (SessionMode.REPAIR, SessionMode.RESYNC)
 
 
 @dataclass(frozen=True)

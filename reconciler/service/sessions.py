@@ -17,11 +17,12 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from reconciler.consistency.antientropy import AntiEntropy
+from reconciler.consistency.modes import SessionMode
 from reconciler.consistency.peers import Peers
 from reconciler.consistency.reports import RepairReport
 from reconciler.consistency.settle import Settler
 from reconciler.service.config import AntiEntropySection
-from reconciler.service.regionstate import RegionState, SessionMode, SessionRequest
+from reconciler.service.regionstate import RegionState, SessionRequest
 from replication.errors import ReconcilerError
 
 __all__ = ["SessionRunner"]
@@ -83,11 +84,11 @@ class SessionRunner:
         self._on_change()
         return done
 
-    async def operator_session(self, peer: str, mode: str, trigger: str) -> RepairReport:
+    async def operator_session(self, peer: str, mode: SessionMode, trigger: str) -> RepairReport:
         """Run a session for the operator (admin endpoint) and wait for its report."""
         if peer not in self.state.peers:
             raise ReconcilerError(f"unknown peer {peer!r} (peers: {list(self.state.peers)})")
-        done = self.request(peer, trigger, SessionMode(mode), operator=True)
+        done = self.request(peer, trigger, mode, operator=True)
         if done is None:
             raise ReconcilerError("could not queue the session")
         return await done
@@ -117,9 +118,7 @@ class SessionRunner:
                 if not request.operator:
                     await self._settle(request.peer)
                 if request.operator or request.peer in self.peers.alive():
-                    report = await self.antientropy.run(
-                        request.peer, request.trigger, str(request.mode)
-                    )
+                    report = await self.antientropy.run(request.peer, request.trigger, request.mode)
                 # else: it went away meanwhile; it stays pending, its return triggers it.
             finally:
                 ok = report is not None and report.result == "ok"
