@@ -58,6 +58,7 @@ from reconciler.service.parts import DaemonParts
 from reconciler.service.recovery import Recovery
 from reconciler.service.regionstate import RegionState, Status
 from reconciler.service.sessions import SessionRunner
+from reconciler.service.shippedfloor import ShippedFloor
 from reconciler.service.state import DaemonState, now_ms
 from replication.backoff import Backoff
 from replication.capture.batch import ChangeSource, Gap
@@ -110,6 +111,8 @@ class Daemon:
         self.signer = config.auth.signer(self.region)
         address = config.redis.address(config.redis.dbs[0])
         self.versioner = Versioner(address, self.region, self.clock)
+        self.shipped_floor = ShippedFloor(self.state_dir / f"shipped-{self.region}.json")
+        self._on_shipped_through(self.shipped_floor.value)
         self.applier = Applier(address, self.region, self.clock, frozenset(config.retired_regions))
         self.producer = ChangeProducer(kafka, self.signer)
         self.publisher = Publisher(self.versioner, self.producer, self.index)
@@ -186,6 +189,7 @@ class Daemon:
             dead_letters=self.dead_letters,
             gc=self.gc_watermark,
             refused_events=lambda: self.consumer.rejected_events + self.inbound.stats.rejected,
+            on_shipped_through=self._on_shipped_through,
         )
         self.settler = Settler(
             self.region,
@@ -285,6 +289,12 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ construction
+    def _on_shipped_through(self, shipped_through_ms: int) -> None:
+        # Writes found late (replayed at restart, swept after a gap) are dated just after
+        # the last moment this region announced every earlier write shipped.
+        floor = self.shipped_floor.advance(shipped_through_ms)
+        self.versioner.late_floor_ms = floor + 1 if floor else 0
+
     def _make_source(self) -> ChangeSource:
         cfg = self.config.redis
         if cfg.capture == "notifications":
@@ -503,6 +513,7 @@ class Daemon:
                 task.cancel()
         self._group = None
         self.clock_floor.save(self.clock.last, force=True)
+        self.shipped_floor.flush()
         log_event(log, REGION_STOPPED)
 
     async def _seed_produced(self, backoff: Backoff) -> None:

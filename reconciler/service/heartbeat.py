@@ -39,6 +39,7 @@ class Heartbeats:
         dead_letters: DeadLetters,
         gc: GcWatermark | None = None,
         refused_events: Callable[[], int] = lambda: 0,
+        on_shipped_through: Callable[[int], None] = lambda ms: None,
     ) -> None:
         self.state = state
         self.guard = guard
@@ -49,6 +50,7 @@ class Heartbeats:
         self.watermark = CaptureWatermark()
         self.gc = gc
         self.refused_events = refused_events
+        self.on_shipped_through = on_shipped_through
 
     async def master_offset(self) -> int | None:
         """Our Redis's replication offset (None if it does not answer)."""
@@ -81,6 +83,7 @@ class Heartbeats:
             at_ms, await self.master_offset(), self.capture_acked()
         )
         produced = dict(self.producer.acked)
+        self.on_shipped_through(shipped_through)
         if self.gc is not None:
             self.gc.observe_own(shipped_through, produced, applied, status=self.state.status)
         state = self.state

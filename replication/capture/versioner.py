@@ -27,7 +27,7 @@ from typing import Any
 import hiredis
 
 from replication.model.event import ChangeEvent
-from replication.model.hlc import HybridClock
+from replication.model.hlc import HybridClock, pack
 from replication.model.keys import is_internal
 from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
@@ -79,6 +79,9 @@ class Versioner:
         self._conns = LibraryConnections(address)
         self.unsupported_total = 0
         self.clock_refused_total = 0
+        self.late_floor_ms = 0
+        """The date of writes found late (see `version`): just after the last moment this
+        region announced as shipped through; 0 (none known) dates them now."""
 
     async def start(self) -> None:
         await self._conns.get(self.address.db)
@@ -94,11 +97,21 @@ class Versioner:
         await self.stop()
 
     async def version(
-        self, keys: Mapping[int, Iterable[bytes]], *, replay: bool = False
+        self, keys: Mapping[int, Iterable[bytes]], *, replay: bool = False, late: bool = False
     ) -> VersionReport:
-        """Version the touched keys of every db; returns what to ship."""
+        """Version the touched keys of every db; returns what to ship.
+
+        `replay` (the stream replayed after a restart) and `late` (the sweep after a gap)
+        find writes made while nothing was capturing: they are dated `late_floor_ms`, the
+        earliest moment they can have happened, not now. Dated now, such a write would beat
+        every write the other regions acknowledged meanwhile, later ones included (found by
+        the fault suite: an application read its own later write, then its earlier one).
+        The library still puts a key's new entry above every entry of its clock."""
         report = VersionReport()
-        tick = self.clock.now()
+        if (replay or late) and self.late_floor_ms:
+            tick = pack(self.late_floor_ms)
+        else:
+            tick = self.clock.now()
         for db, db_keys in keys.items():
             batch = [k for k in db_keys if not is_internal(k)]
             chunks = [batch[i : i + PIPELINE_KEYS] for i in range(0, len(batch), PIPELINE_KEYS)]
@@ -179,7 +192,7 @@ class Versioner:
         """
         conn = await self._conns.get(db)
         async for keys in user_keys(conn):
-            yield await self.version({db: keys})
+            yield await self.version({db: keys}, late=True)
         async for entries in metadata_entries(conn):
             # Only entries whose key is gone can be news here (present keys were just
             # versioned by the key scan); EXISTS in one pipeline filters them.
@@ -187,4 +200,4 @@ class Versioner:
             exists = await conn.pipeline([("EXISTS", f) for f in fields])
             gone = [f for f, e in zip(fields, exists, strict=True) if e == 0]
             if gone:
-                yield await self.version({db: gone})
+                yield await self.version({db: gone}, late=True)

@@ -693,3 +693,36 @@ async def test_a_remote_write_to_a_key_holding_a_stream_is_not_deferred_forever(
             outcomes.append(parse_apply_reply(reply).outcome)
             await pipeline.versioner.version({0: [b"shared-name"]})
         assert outcomes[-1] != "deferred", outcomes
+
+
+async def test_a_write_found_late_is_dated_when_it_can_have_happened_not_now(
+    primary: RedisServer,
+) -> None:
+    """Writes made while nothing captured (replayed at restart, swept after a gap) are dated
+    just after the last moment the region announced everything shipped: dated now, such a
+    write would beat writes the other regions acknowledged after it was made."""
+    from replication.model.hlc import pack, physical_ms
+
+    redis = aioredis.from_url(primary.url)
+    clock = HybridClock()
+    floor_ms = int(time.time() * 1000) - 60_000  # shipped through a minute ago
+    async with Versioner(RedisAddress.from_url(primary.url), REGION, clock) as versioner:
+        versioner.late_floor_ms = floor_ms
+        await redis.set("late:replayed", "v")
+        await redis.set("late:swept", "v")
+        replayed = await versioner.version({0: [b"late:replayed"]}, replay=True)
+        swept = [r async for r in versioner.sweep(0)]
+        await redis.set("live", "v")
+        live = await versioner.version({0: [b"live"]})
+        (late,) = [c.event for c in replayed.changes]
+        assert late.clock.get_count(REGION) == pack(floor_ms)
+        dated = {c.event.key: c.event for report in swept for c in report.changes}
+        assert physical_ms(dated[b"late:swept"].clock.get_count(REGION)) == floor_ms
+        (now,) = [c.event for c in live.changes]
+        assert physical_ms(now.clock.get_count(REGION)) >= floor_ms + 59_000
+        # A key's new entry still goes above every entry its clock already has.
+        await redis.set("late:replayed", "w")
+        again = await versioner.version({0: [b"late:replayed"]}, replay=True)
+        (second,) = [c.event for c in again.changes]
+        assert second.clock.get_count(REGION) == pack(floor_ms) + 1
+    await redis.aclose()
