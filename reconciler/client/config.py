@@ -110,15 +110,15 @@ class PolicyConfig:
     """The Redis database holding the daemon's status record (whatever db the URL names)."""
     retry_commands: tuple[str, ...] = setting(DEFAULT_RETRY_COMMANDS)
     """Commands that may be sent to another region when a reply was lost (idempotent)."""
-    resend_timeouts_before_failover: bool = False
-    """Also resend those commands to another region when their reply did not come within
-    `command_timeout_s` while the region has not failed over. Off by default: a late reply
-    is often a blip (a slow save, a pause) and the other region may not yet have the writes
-    this client made moments ago (replication is asynchronous), so a read resent there
-    could answer "missing" for a key the application just wrote. Off, the application gets
-    redis-py's TimeoutError until the region answers again or fails over. A reset
-    connection (the server went away), a command that could not be sent at all, or one
-    refused unexecuted (LOADING, READONLY, OOM) moves either way."""
+    resend_lost_replies_before_failover: bool = False
+    """Also resend those commands to another region when their reply was lost (a timeout,
+    a reset connection) while the region has not failed over. Off by default: a lost reply
+    is often a blip (a slow save, a pause, a cut link) and the other region may not yet
+    have the writes this client made moments ago (replication is asynchronous), so a read
+    resent there could answer "missing", or an older value, for a key the application just
+    wrote. Off, the application gets redis-py's error until the region answers again or
+    fails over. A command that could not be sent at all (the region refuses connections)
+    or was refused unexecuted (LOADING, READONLY, OOM) moves either way."""
 
     def __post_init__(self) -> None:
         check_fields(self)

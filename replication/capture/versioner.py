@@ -69,6 +69,11 @@ class VersionReport:
     refused: list[tuple[int, bytes]] = field(default_factory=list)
 
 
+LATE_TICK = 1
+"""The tick of a value found late: the library makes the key's entry the larger of the tick
+and one above every entry of its clock, so this is "just after what the key had"."""
+
+
 class Versioner:
     """Versions local writes in one region's Redis. `start()`/`stop()`, or `async with`."""
 
@@ -102,16 +107,23 @@ class Versioner:
         """Version the touched keys of every db; returns what to ship.
 
         `replay` (the stream replayed after a restart) and `late` (the sweep after a gap)
-        find writes made while nothing was capturing: they are dated `late_floor_ms`, the
-        earliest moment they can have happened, not now. Dated now, such a write would beat
-        every write the other regions acknowledged meanwhile, later ones included (found by
-        the fault suite: an application read its own later write, then its earlier one).
-        The library still puts a key's new entry above every entry of its clock."""
+        find writes made while nothing was capturing, or brought back by a Redis restored
+        from an older backup, whose writes may have been shipped long ago in its first
+        life. Dated now, such a write would beat every write the other regions acknowledged
+        meanwhile, later ones included (found by the fault suite: an application read its
+        own later write, then its earlier one; a restored backup's old value came back). So
+        a value found late gets the smallest tick that still follows the key's clock: it
+        wins over what it causally follows and loses every conflict with a concurrent write
+        elsewhere (an unshipped write is inside the window of an asynchronous failure). A
+        delete found late is dated `late_floor_ms` instead, just after the last moment
+        this region announced everything shipped: the tombstone GC dates a delete by its
+        clock, and must never take it for one shipped before that moment."""
         report = VersionReport()
-        if (replay or late) and self.late_floor_ms:
-            tick = pack(self.late_floor_ms)
+        if replay or late:
+            tick = LATE_TICK
+            delete_tick = pack(self.late_floor_ms) if self.late_floor_ms else self.clock.now()
         else:
-            tick = self.clock.now()
+            tick = delete_tick = self.clock.now()
         for db, db_keys in keys.items():
             batch = [k for k in db_keys if not is_internal(k)]
             chunks = [batch[i : i + PIPELINE_KEYS] for i in range(0, len(batch), PIPELINE_KEYS)]
@@ -119,7 +131,7 @@ class Versioner:
             for chunk in chunks:
                 # Redis runs this chunk while we turn the previous one's replies into
                 # events, instead of each side waiting for the other.
-                fetch = asyncio.ensure_future(self._fetch(db, chunk, tick, replay))
+                fetch = asyncio.ensure_future(self._fetch(db, chunk, tick, replay, delete_tick))
                 try:
                     if previous is not None:
                         await asyncio.sleep(0)  # the fetch sends its commands first
@@ -135,12 +147,21 @@ class Versioner:
         return report
 
     async def _fetch(
-        self, db: int, keys: Sequence[bytes], tick: int, replay: bool
+        self, db: int, keys: Sequence[bytes], tick: int, replay: bool, delete_tick: int
     ) -> tuple[list[Sequence[bytes]], list[Any]]:
         """One round trip: rr_version_many for `keys`; (key groups, their replies)."""
         conn = await self._conns.get(db)
         groups = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
-        commands = [version_many_command(g, self.region, tick, replay=replay) for g in groups]
+        commands = [
+            version_many_command(
+                g,
+                self.region,
+                tick,
+                replay=replay,
+                delete_tick=None if delete_tick == tick else delete_tick,
+            )
+            for g in groups
+        ]
         replies = await conn.pipeline(commands)
         if any(is_missing_function(r) for r in replies):
             # The Redis restarted empty (or was flushed of functions): load and redo.

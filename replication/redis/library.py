@@ -102,13 +102,28 @@ def apply_command(event: ChangeEvent, local_region: str, retired: str = "") -> C
 
 
 def version_many_command(
-    keys: Sequence[bytes], region: str, tick: int, *, replay: bool = False
+    keys: Sequence[bytes],
+    region: str,
+    tick: int,
+    *,
+    replay: bool = False,
+    delete_tick: int | None = None,
 ) -> Command:
-    """FCALL rr_version_many for several keys (one script call, replies in one array)."""
+    """FCALL rr_version_many for several keys (one script call, replies in one array);
+    `delete_tick` dates the deletes when it must differ from `tick`."""
     args: list[bytes] = []
     for key in keys:
         args += [key, meta_key_for(key)]
-    return ("FCALL", "rr_version_many", len(args), *args, region, tick, b"1" if replay else b"0")
+    command: Command = (
+        "FCALL",
+        "rr_version_many",
+        len(args),
+        *args,
+        region,
+        tick,
+        b"1" if replay else b"0",
+    )
+    return command if delete_tick is None else (*command, delete_tick)
 
 
 def apply_many_command(

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from devcluster import RedisServer
 from replication.capture import CaptureBatch, Gap
-from replication.capture.versioner import VersionedChange, Versioner, VersionReport
+from replication.capture.versioner import LATE_TICK, VersionedChange, Versioner, VersionReport
 from replication.model.digest import value_digest
 from replication.model.event import ChangeEvent
 from replication.model.hlc import HybridClock
@@ -154,7 +154,9 @@ class Pipeline:
     async def handle(self, batch: CaptureBatch, *, ack: bool = True) -> Versioned:
         before = await self.metadata(batch.keys)
         report = await self.versioner.version(batch.keys, replay=batch.replay)
-        tick = self.clock.ticks[-1]
+        # A replayed batch's values are found late: dated with LATE_TICK (deletes by the
+        # clock here, no shipping being announced in these tests).
+        tick = self.clock.ticks[-1] if self.clock.ticks else 0
         after = await self.metadata(batch.keys)
         changed = {(c.event.db, c.event.key): c for c in report.changes}
         assert len(changed) == len(report.changes), "a key yielded two events in one batch"
@@ -167,7 +169,10 @@ class Pipeline:
                 reshipped += 1
                 self._check_reship(batch, change, raw_before)
             else:
-                self._check_new_version(change, raw_before, after[where], tick)
+                late = batch.replay and change.event.kind is not Kind.NONE
+                self._check_new_version(
+                    change, raw_before, after[where], LATE_TICK if late else tick
+                )
         assert set(changed) <= set(before), "an event for a key the batch did not touch"
         assert reshipped == report.reshipped
         self.shipped += [change.event for change in report.changes]
@@ -578,7 +583,10 @@ async def test_a_gap_while_stopped_triggers_a_sweep_that_finds_exactly_the_misse
         assert producer.events == []  # the stream after the resync had no user writes
         for event in swept:
             previous = before.get(event.key, VectorClock())
-            assert any(event.clock == previous.tick(REGION, tick) for tick in sweep_ticks)
+            # A value found late gets the smallest tick after its clock (LATE_TICK); a delete
+            # the clock's time (no shipping announced in this test: no floor to date it by).
+            ticks = [LATE_TICK, *sweep_ticks] if event.kind is not Kind.NONE else sweep_ticks
+            assert any(event.clock == previous.tick(REGION, tick) for tick in ticks)
             assert event.digest == value_digest(event.kind, event.value, event.expire_at_ms)
             meta = decode_meta(await redis.hget(meta_key_for(event.key), event.key))
             assert (meta.clock, meta.deleted) == (event.clock, event.kind is Kind.NONE)
@@ -639,8 +647,9 @@ async def test_a_restart_replays_unacked_batches_and_reships_them_with_the_same_
             assert (events[key].clock, events[key].digest) == (event.clock, event.digest), key
         assert sum(each.report.reshipped for each in replayed) == len(shipped)
         # Written while stopped: a new version (one bump, checked by handle), newer than all.
-        newest = max(event.clock.get_count(REGION) for event in shipped.values())
-        assert events[b"while-stopped"].clock.get_count(REGION) > newest
+        # Written while stopped, found late: the smallest tick after its (empty) clock, so
+        # it loses any conflict with a write made elsewhere meanwhile.
+        assert events[b"while-stopped"].clock == VectorClock({REGION: LATE_TICK})
         # Acked before the crash and not written since: neither replayed nor re-shipped.
         acked_only = {f"a:{i}".encode() for i in range(1, 5)}
         assert not acked_only & {key for batch in batches for key in batch.keys.get(0, ())}
@@ -695,12 +704,14 @@ async def test_a_remote_write_to_a_key_holding_a_stream_is_not_deferred_forever(
         assert outcomes[-1] != "deferred", outcomes
 
 
-async def test_a_write_found_late_is_dated_when_it_can_have_happened_not_now(
+async def test_a_write_found_late_loses_every_conflict_and_a_late_delete_is_dated_after_shipping(
     primary: RedisServer,
 ) -> None:
-    """Writes made while nothing captured (replayed at restart, swept after a gap) are dated
-    just after the last moment the region announced everything shipped: dated now, such a
-    write would beat writes the other regions acknowledged after it was made."""
+    """Writes made while nothing captured (replayed at restart, swept after a gap; or a
+    Redis restored from an older backup, whose writes may have shipped long ago) get the
+    smallest tick that follows the key's clock, not now: dated now they would beat writes
+    the other regions acknowledged meanwhile. A delete found late is dated just after the
+    last moment the region announced everything shipped (the tombstone GC reads its date)."""
     from replication.model.hlc import pack, physical_ms
 
     redis = aioredis.from_url(primary.url)
@@ -712,17 +723,27 @@ async def test_a_write_found_late_is_dated_when_it_can_have_happened_not_now(
         await redis.set("late:swept", "v")
         replayed = await versioner.version({0: [b"late:replayed"]}, replay=True)
         swept = [r async for r in versioner.sweep(0)]
-        await redis.set("live", "v")
-        live = await versioner.version({0: [b"live"]})
         (late,) = [c.event for c in replayed.changes]
-        assert late.clock.get_count(REGION) == pack(floor_ms)
+        assert late.clock.get_count(REGION) == 1  # a new key: the first tick there is
         dated = {c.event.key: c.event for report in swept for c in report.changes}
-        assert physical_ms(dated[b"late:swept"].clock.get_count(REGION)) == floor_ms
-        (now,) = [c.event for c in live.changes]
-        assert physical_ms(now.clock.get_count(REGION)) >= floor_ms + 59_000
-        # A key's new entry still goes above every entry its clock already has.
+        assert dated[b"late:swept"].clock.get_count(REGION) == 1
+        # Found late again: still just above what the key's clock holds.
         await redis.set("late:replayed", "w")
         again = await versioner.version({0: [b"late:replayed"]}, replay=True)
         (second,) = [c.event for c in again.changes]
-        assert second.clock.get_count(REGION) == pack(floor_ms) + 1
+        assert second.clock.get_count(REGION) == 2
+        assert second.clock.compare(late.clock) is Order.AFTER
+
+        await redis.set("live", "v")
+        live = await versioner.version({0: [b"live"]})
+        (now,) = [c.event for c in live.changes]
+        assert physical_ms(now.clock.get_count(REGION)) >= floor_ms + 59_000
+        # A delete found late: dated after the last announced shipping, not at its clock.
+        await redis.delete("live")
+        gone = await versioner.version({0: [b"live"]}, late=True)
+        (tombstone,) = [c.event for c in gone.changes]
+        assert tombstone.kind is Kind.NONE
+        assert tombstone.clock.get_count(REGION) == max(
+            pack(floor_ms), now.clock.get_count(REGION) + 1
+        )
     await redis.aclose()

@@ -167,12 +167,13 @@ class ThreadLoad:
         assert not any(t.is_alive() for t in self._threads), "a worker thread hung"
 
 
-def assert_only_in_flight_incrs_failed(errors: list[BaseException], workers: int) -> None:
-    """A kill -9 may lose the reply of the INCR each worker had in flight, nothing else:
-    reads and idempotent writes were resent elsewhere, unsent commands too."""
-    assert all(isinstance(e, CommandOutcomeUnknownError) for e in errors), errors[:3]
-    # redis-py sends incr() as INCRBY.
-    assert all(e.command == "INCRBY" for e in errors if isinstance(e, CommandOutcomeUnknownError))
+def assert_only_in_flight_commands_failed(errors: list[BaseException], workers: int) -> None:
+    """A kill -9 may lose the reply of the command each worker had in flight, nothing else:
+    that one raises redis-py's connection error (the region had not failed over yet: it is
+    not resent to a region that may lack this client's latest writes), and every command
+    after it moves (never sent: refused connections)."""
+    lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    assert all(isinstance(e, lost) for e in errors), errors[:3]
     assert len(errors) <= workers, errors[:3]
 
 
@@ -222,7 +223,7 @@ def test_sync_client_moves_on_kill9_stays_away_while_repairing_returns_when_cons
 
     snap = client.router.snapshot()
     assert (snap.failovers, snap.failbacks) == (1, 1), snap.events
-    assert_only_in_flight_incrs_failed(load.errors(), THREADS)
+    assert_only_in_flight_commands_failed(load.errors(), THREADS)
 
 
 @pytest.mark.timeout(90)
@@ -281,7 +282,7 @@ async def test_async_client_moves_on_kill9_stays_away_while_repairing_returns_wh
                 stop.set()
         snap = client.router.snapshot()
     assert (snap.failovers, snap.failbacks) == (1, 1), snap.events
-    assert_only_in_flight_incrs_failed([e for t in tallies for e in t.errors], THREADS)
+    assert_only_in_flight_commands_failed([e for t in tallies for e in t.errors], THREADS)
     assert await asyncio.to_thread(dbsize, home) > 50
 
 
@@ -338,6 +339,7 @@ class CountedIncrs:
     acked: int = 0
     unknown: int = 0
     not_applied: int = 0
+    reads_lost: int = 0  # reads whose reply was lost before the region failed over
     other: list[BaseException] = field(default_factory=list)
 
 

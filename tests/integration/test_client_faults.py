@@ -63,9 +63,13 @@ def test_an_intermittent_fault_below_the_threshold_never_fails_over(
     assert proxy.stats.dropped > 0
     assert home.stats.failures_total > 0, "the fault never reached the client"
     assert client.router.failovers == 0
-    # Reads and SETs that met a reset were resent to another region; only in-flight INCRs
-    # can have failed, and only with an honest "outcome unknown".
-    assert all(isinstance(e, CommandOutcomeUnknownError) for e in load.errors())
+    # A command that met a reset raised redis-py's connection error (the region never
+    # failed over, so nothing was resent to a region that may lack the latest writes); an
+    # INCR says its outcome is unknown. Nothing else failed, and never more than the resets.
+    errors = load.errors()
+    lost = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    assert all(isinstance(e, lost) for e in errors), errors[:3]
+    assert len(errors) <= home.stats.failures_total
 
 
 @pytest.mark.timeout(90)
@@ -83,7 +87,12 @@ async def test_an_intermittent_fault_above_the_threshold_fails_over_once_and_nev
                 return
             try:
                 if i % 2:
-                    await client.get(f"k:{n}")
+                    try:
+                        await client.get(f"k:{n}")
+                    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                        # Lost before the home region failed over: raised, not resent to
+                        # a region that may lack this client's latest writes.
+                        counts[n].reads_lost += 1
                 else:
                     await client.incr(f"counter:{n}")
                     counts[n].acked += 1

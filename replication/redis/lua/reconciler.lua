@@ -257,7 +257,9 @@ end
 --                                       written; the key's clock is at the top of its range)
 -- value: a string (strings; '' for a delete) or a flat table (other kinds). meta_raw holds
 -- the digest, origin, expiry and clock of the version, in the stored layout.
-local function version_key(key, mkey, region, tick, replay, out)
+local function version_key(key, mkey, region, tick, replay, out, dtick)
+  -- dtick: the tick of a delete (a tombstone), when it must differ from a value's
+  dtick = dtick or tick
   local n = #out
   local raw = redis.call('HGET', mkey, key)
   local kind, value, exp = read_state(key)
@@ -275,7 +277,7 @@ local function version_key(key, mkey, region, tick, replay, out)
       return
     end
     if expired(meta, now_ms()) then out[n + 1] = 0; return end
-    local clock = clock_tick(clock_map(meta[5]), region, tick)
+    local clock = clock_tick(clock_map(meta[5]), region, dtick)
     if clock_refused(clock, region, n, out) then return end
     local packed = pack_meta(tombstone(), region, 0, 1, clock)
     redis.call('HSET', mkey, key, packed)
@@ -288,7 +290,7 @@ local function version_key(key, mkey, region, tick, replay, out)
     -- until now, for the other regions it is gone: ship that as a delete.
     local meta = raw and cmsgpack.unpack(raw) or nil
     if meta and meta[4] == 0 then
-      local clock = clock_tick(clock_map(meta[5]), region, tick)
+      local clock = clock_tick(clock_map(meta[5]), region, dtick)
       if clock_refused(clock, region, n, out) then return end
       local packed = pack_meta(tombstone(), region, 0, 1, clock)
       redis.call('HSET', mkey, key, packed)
@@ -338,13 +340,18 @@ local function rr_version(keys, args)
   return { code, out[2], value, meta[3], meta[1], meta[5], meta_origin(meta), out[5] }
 end
 
--- rr_version_many(KEYS: key1, metahash1, key2, metahash2, ...; ARGV: region, tick, replay)
+-- rr_version_many(KEYS: key1, metahash1, key2, metahash2, ...; ARGV: region, tick, replay
+--                  [, delete tick])
 -- rr_version for many keys in one call (the per-call cost of a script is paid once), with
--- the replies of every key one after the other in one flat array (see version_key).
+-- the replies of every key one after the other in one flat array (see version_key). A
+-- delete tick, when given, dates the tombstones (writes found late: see the versioner).
 local function rr_version_many(keys, args)
   local out = {}
   local region, tick, replay = args[1], tonumber(args[2]), args[3] == '1'
-  for i = 1, #keys, 2 do version_key(keys[i], keys[i + 1], region, tick, replay, out) end
+  local dtick = args[4] and tonumber(args[4]) or tick
+  for i = 1, #keys, 2 do
+    version_key(keys[i], keys[i + 1], region, tick, replay, out, dtick)
+  end
   return out
 end
 
