@@ -1,12 +1,12 @@
 """The latest moment this region said every earlier write was shipped, kept on disk.
 
-A write the capture had not versioned when the daemon or its Redis went down is found later
-(in the stream replayed at restart, or by the sweep after a gap) and must be dated no later
-than it happened, or it beats writes the other regions acknowledged after it (see
-`replication.capture.versioner`). It happened after the last `shipped_through_ms` this
-region announced (that one covered every write before it); one millisecond after that is
-the date it gets. The mark is saved at most once a second: a stale one only dates such a
-write a little earlier still.
+A delete the capture had not versioned when the daemon or its Redis went down is found
+later (in the stream replayed at restart, or by the sweep after a gap). It happened after
+the last `shipped_through_ms` this region announced (that one covered every write before
+it), so it is dated one millisecond after that (see `replication.capture.versioner`): the
+tombstone GC dates a delete by its clock and must not take it for one shipped earlier. The
+mark is saved at most once a second; after a restart the GC frontiers start again from the
+new run's heartbeats, so a slightly stale mark is safe.
 """
 
 from __future__ import annotations
