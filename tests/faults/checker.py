@@ -15,7 +15,8 @@ classified failure window explains; what a window explains is counted and report
   same client read before, nor older than (or missing instead of) a write acknowledged more
   than `window_s` before, except when that write was in flight inside a failure window of
   its region (read elsewhere before it arrived), made less than `window_s` before in
-  another region (asynchronous replication across a failover), or lost.
+  another region (asynchronous replication across a failover), or lost. A command the
+  failover client moved while it was in flight may have been served by any region.
 - untouched: nothing the forged/unsigned/undecodable records carried is anywhere.
 """
 
@@ -60,8 +61,15 @@ class Verdict:
 class Windows:
     """The nemesis's faults as the intervals the invariants refer to."""
 
-    def __init__(self, faults: list[FaultRecord], window_s: float, after_s: float) -> None:
+    def __init__(
+        self,
+        faults: list[FaultRecord],
+        window_s: float,
+        after_s: float,
+        names: tuple[str, ...] = ("eu-west", "us-east", "ap-south"),
+    ) -> None:
         self.faults = faults
+        self.names = names
         self.window_s = window_s
         self.after_s = after_s
 
@@ -73,24 +81,43 @@ class Windows:
     def loss(self, op: Op) -> FaultRecord | None:
         """The data-loss fault that may have taken `op` with it, if any."""
         for fault in self.faults:
-            if fault.kind not in DATA_LOSS_KINDS or fault.target != op.region:
+            if fault.kind not in DATA_LOSS_KINDS or fault.target not in self.where(op):
                 continue
             risk_start = fault.start - self.window_s
-            for other in self._shipping(op.region):
+            for other in self._shipping(fault.target):
                 if other.start <= fault.start <= (other.end or fault.start) + self.window_s:
                     risk_start = min(risk_start, other.start - self.window_s)
             if risk_start <= op.end and op.start <= fault.start:
                 return fault
         return None
 
+    def where(self, op: Op) -> set[str]:
+        return op.regions(self.names)
+
     def in_flight(self, op: Op, read: Op) -> FaultRecord | None:
-        """A fault during which `op` may not have reached `read`'s region yet."""
-        if read.region == op.region:
+        """A fault during which `op` may not have reached the region that served `read`:
+        its own region could not ship, or the reader's could not apply."""
+        writers, readers = self.where(op), self.where(read)
+        if readers <= writers and len(writers) == 1:
             return None
-        for fault in self._shipping(op.region):
-            end = fault.end or read.end
-            if fault.start - self.window_s <= op.end <= end and read.start <= end + self.after_s:
-                return fault
+        elsewhere = readers - writers or readers
+        for region in writers:
+            for fault in self._shipping(region):
+                end = fault.end or read.end
+                if (
+                    fault.start - self.window_s <= op.end <= end
+                    and read.start <= end + self.after_s
+                ):
+                    return fault
+        for region in elsewhere:
+            for fault in self._shipping(region):
+                end = fault.end or read.end
+                if (
+                    fault.start <= read.start
+                    and end >= op.start - self.window_s
+                    and (read.start <= end + self.after_s)
+                ):
+                    return fault
         return None
 
 
@@ -289,7 +316,8 @@ def _excuse(write: Op, read: Op, windows: Windows) -> str:
         return "in-data-loss-window"
     if windows.in_flight(write, read) is not None:
         return "in-flight-during-fault"
-    if write.region != read.region and write.end >= read.start - windows.window_s:
+    moved = windows.where(read) - windows.where(write)
+    if moved and write.end >= read.start - windows.window_s:
         return "replication-lag-across-failover"
     return ""
 
@@ -305,7 +333,7 @@ def check(
 ) -> Verdict:
     """Every invariant; `snapshots` taken at wall time `at_ms` after the heal."""
     verdict = Verdict()
-    windows = Windows(faults, window_s, after_s)
+    windows = Windows(faults, window_s, after_s, tuple(snapshots))
     verdict.violations += check_identical(snapshots, at_ms)
     final = next(iter(snapshots.values()))
     check_resolution(history, final, at_ms, windows, verdict)

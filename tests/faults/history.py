@@ -35,6 +35,15 @@ class Op:
     outcome: str = UNKNOWN
     result: Any = None
     error: str = ""
+    end_region: str = ""
+    """The failover client's active region when the reply came: another than `region`
+    means the command may have been served by any region (it moved while in flight)."""
+
+    def regions(self, names: tuple[str, ...]) -> set[str]:
+        """Where the operation may have run."""
+        if self.end_region and self.end_region != self.region:
+            return set(names)
+        return {self.region}
 
     def describe(self) -> str:
         """One line for a violation report."""
@@ -42,7 +51,9 @@ class Op:
         res = "" if self.result is None else f" -> {_short(self.result)}"
         err = f" ({self.error})" if self.error else ""
         return (
-            f"#{self.index} {self.client}@{self.region} {self.kind} {what}{res} "
+            f"#{self.index} {self.client}@{self.region}"
+            f"{'->' + self.end_region if self.end_region not in ('', self.region) else ''} "
+            f"{self.kind} {what}{res} "
             f"[{self.start:.3f}..{self.end:.3f}] {self.outcome}{err}"
         )
 
@@ -74,8 +85,11 @@ class History:
             return op
 
     @staticmethod
-    def end(op: Op, outcome: str, result: Any = None, error: str = "") -> None:
+    def end(
+        op: Op, outcome: str, result: Any = None, error: str = "", end_region: str = ""
+    ) -> None:
         op.end = time.monotonic()
+        op.end_region = end_region
         op.end_wall_ms = time.time_ns() // 1_000_000
         op.outcome = outcome
         op.result = result

@@ -271,11 +271,14 @@ class _Application(threading.Thread):
         try:
             result = call()
         except (redis.ResponseError, NoHealthyRegionError) as exc:
-            History.end(op, FAILED, error=type(exc).__name__)
+            History.end(op, FAILED, error=type(exc).__name__, end_region=self.region())
         except (CommandOutcomeUnknownError, redis.RedisError, OSError) as exc:
-            History.end(op, UNKNOWN, error=type(exc).__name__)
+            History.end(op, UNKNOWN, error=type(exc).__name__, end_region=self.region())
         else:
-            History.end(op, ACKED, result=result)
+            History.end(op, ACKED, result=result, end_region=self.region())
+
+    def region(self) -> str:
+        return str(self.client.active_region)
 
 
 class Workload:

@@ -19,11 +19,12 @@ pytestmark = pytest.mark.integration
 
 DURATION_S = 45.0
 # Left out of the CI profile until the lead decides on the finding they trigger (README,
-# "The randomized fault suite"): a write its region had not versioned when its daemon or
-# its Redis went down (kill -9 of the daemon, SIGSTOP, a Redis restarted with its data) is
-# versioned when capture resumes, and beats the writes other regions acknowledged in the
-# meantime. The soak (`python -m tests.faults`) runs every kind.
-CI_KINDS = tuple(k for k in KINDS if k not in ("daemon-kill9", "daemon-pause", "redis-kill-data"))
+# "The randomized fault suite"): a write versioned late (its daemon or its Redis down, the
+# broker frozen so capture stops versioning) gets that later moment's clock and beats the
+# writes other regions acknowledged in the meantime. The soak runs every kind.
+CI_KINDS = tuple(
+    k for k in KINDS if k not in ("daemon-kill9", "daemon-pause", "redis-kill-data", "broker-pause")
+)
 
 
 @pytest.mark.timeout(600)

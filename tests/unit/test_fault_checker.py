@@ -138,3 +138,18 @@ def test_a_stale_read_before_a_later_crash_is_not_excused_by_it() -> None:
     crash = FaultRecord("redis-kill-empty", "eu-west", 5.0, 8.0)
     verdict = run([w1, w2, r1, r2], {F: ("string", b"0000000002", 0)}, [crash])
     assert [v.invariant for v in verdict.violations] == ["monotonic-reads"]
+
+
+def test_a_read_the_client_moved_while_in_flight_may_have_been_served_elsewhere() -> None:
+    """Soak seed 15: a read sent to eu-west, reset by a cut and resent to another region,
+    which had not received eu-west's write (eu-west's daemon was down)."""
+    w1 = write(0, "eu-west", F, ("string", b"0000000001", None), 1, "application")
+    w2 = write(1, "eu-west", F, ("string", b"0000000002", None), 2, "application")
+    r1 = read(2, "eu-west", F, b"0000000002", 3)
+    r2 = read(3, "eu-west", F, b"0000000001", 4)
+    killed = FaultRecord("daemon-kill9", "eu-west", 1.5, 9.0)
+    assert run([w1, w2, r1, r2], {F: ("string", b"0000000002", 0)}, [killed]).violations
+    r2.end_region = "us-east"
+    verdict = run([w1, w2, r1, r2], {F: ("string", b"0000000002", 0)}, [killed])
+    assert verdict.violations == []
+    assert verdict.reads_excused == {"in-flight-during-fault": 1}
