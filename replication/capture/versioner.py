@@ -108,16 +108,19 @@ class Versioner:
 
         `replay` (the stream replayed after a restart) and `late` (the sweep after a gap)
         find writes made while nothing was capturing, or brought back by a Redis restored
-        from an older backup, whose writes may have been shipped long ago in its first
-        life. Dated now, such a write would beat every write the other regions acknowledged
+        from an older backup, whose writes may have shipped long ago in its first life.
+        Dated now, such a write would beat every write the other regions acknowledged
         meanwhile, later ones included (found by the fault suite: an application read its
-        own later write, then its earlier one; a restored backup's old value came back). So
-        a value found late gets the smallest tick that still follows the key's clock: it
-        wins over what it causally follows and loses every conflict with a concurrent write
-        elsewhere (an unshipped write is inside the window of an asynchronous failure). A
-        delete found late is dated `late_floor_ms` instead, just after the last moment
-        this region announced everything shipped: the tombstone GC dates a delete by its
-        clock, and must never take it for one shipped before that moment."""
+        own later write, then its earlier one; a restored backup's old value came back).
+        So a value found late on a key whose clock is known gets the smallest tick after
+        that clock (LATE_TICK): it wins over what it causally follows and loses every
+        conflict with a concurrent write elsewhere (an unshipped write is inside the
+        window of an asynchronous failure). A key without metadata (a Redis restarted
+        empty, then written before capture resumed) and a delete are dated
+        `late_floor_ms`, just after the last moment this region announced everything
+        shipped, when they can have happened at the earliest: the first must beat this
+        region's own earlier versions, which its lost metadata no longer shows, and the
+        tombstone GC dates a delete by its clock."""
         report = VersionReport()
         if replay or late:
             tick = LATE_TICK

@@ -169,7 +169,8 @@ class Pipeline:
                 reshipped += 1
                 self._check_reship(batch, change, raw_before)
             else:
-                late = batch.replay and change.event.kind is not Kind.NONE
+                # Found late on a key with a clock: the smallest tick after it.
+                late = batch.replay and change.event.kind is not Kind.NONE and raw_before
                 self._check_new_version(
                     change, raw_before, after[where], LATE_TICK if late else tick
                 )
@@ -583,9 +584,11 @@ async def test_a_gap_while_stopped_triggers_a_sweep_that_finds_exactly_the_misse
         assert producer.events == []  # the stream after the resync had no user writes
         for event in swept:
             previous = before.get(event.key, VectorClock())
-            # A value found late gets the smallest tick after its clock (LATE_TICK); a delete
-            # the clock's time (no shipping announced in this test: no floor to date it by).
-            ticks = [LATE_TICK, *sweep_ticks] if event.kind is not Kind.NONE else sweep_ticks
+            # A value found late on a key with a clock gets the smallest tick after it
+            # (LATE_TICK); a delete or a key without metadata the clock's time (no shipping
+            # announced in this test: no floor to date them by).
+            known = event.key in before and event.kind is not Kind.NONE
+            ticks = [LATE_TICK, *sweep_ticks] if known else sweep_ticks
             assert any(event.clock == previous.tick(REGION, tick) for tick in ticks)
             assert event.digest == value_digest(event.kind, event.value, event.expire_at_ms)
             meta = decode_meta(await redis.hget(meta_key_for(event.key), event.key))
@@ -647,9 +650,10 @@ async def test_a_restart_replays_unacked_batches_and_reships_them_with_the_same_
             assert (events[key].clock, events[key].digest) == (event.clock, event.digest), key
         assert sum(each.report.reshipped for each in replayed) == len(shipped)
         # Written while stopped: a new version (one bump, checked by handle), newer than all.
-        # Written while stopped, found late: the smallest tick after its (empty) clock, so
-        # it loses any conflict with a write made elsewhere meanwhile.
-        assert events[b"while-stopped"].clock == VectorClock({REGION: LATE_TICK})
+        # Written while stopped on a key without metadata: dated by the floor (none known
+        # in this test: by the clock), newer than every version this region made.
+        newest = max(event.clock.get_count(REGION) for event in shipped.values())
+        assert events[b"while-stopped"].clock.get_count(REGION) > newest
         # Acked before the crash and not written since: neither replayed nor re-shipped.
         acked_only = {f"a:{i}".encode() for i in range(1, 5)}
         assert not acked_only & {key for batch in batches for key in batch.keys.get(0, ())}
@@ -704,14 +708,14 @@ async def test_a_remote_write_to_a_key_holding_a_stream_is_not_deferred_forever(
         assert outcomes[-1] != "deferred", outcomes
 
 
-async def test_a_write_found_late_loses_every_conflict_and_a_late_delete_is_dated_after_shipping(
+async def test_writes_found_late_are_dated_when_they_can_have_happened_at_the_earliest(
     primary: RedisServer,
 ) -> None:
     """Writes made while nothing captured (replayed at restart, swept after a gap; or a
-    Redis restored from an older backup, whose writes may have shipped long ago) get the
-    smallest tick that follows the key's clock, not now: dated now they would beat writes
-    the other regions acknowledged meanwhile. A delete found late is dated just after the
-    last moment the region announced everything shipped (the tombstone GC reads its date)."""
+    Redis restored from an older backup, whose writes may have shipped long ago) are not
+    dated now: dated now they would beat writes the other regions acknowledged meanwhile.
+    On a key with a clock, the smallest tick after it; on a key without metadata and for a
+    delete, just after the last moment the region announced everything shipped."""
     from replication.model.hlc import pack, physical_ms
 
     redis = aioredis.from_url(primary.url)
@@ -723,15 +727,18 @@ async def test_a_write_found_late_loses_every_conflict_and_a_late_delete_is_date
         await redis.set("late:swept", "v")
         replayed = await versioner.version({0: [b"late:replayed"]}, replay=True)
         swept = [r async for r in versioner.sweep(0)]
+        # Keys without metadata (a Redis restarted empty): dated by the floor, so they
+        # beat this region's own earlier versions, which lost metadata no longer shows.
         (late,) = [c.event for c in replayed.changes]
-        assert late.clock.get_count(REGION) == 1  # a new key: the first tick there is
+        assert late.clock.get_count(REGION) == pack(floor_ms)
         dated = {c.event.key: c.event for report in swept for c in report.changes}
-        assert dated[b"late:swept"].clock.get_count(REGION) == 1
-        # Found late again: still just above what the key's clock holds.
+        assert dated[b"late:swept"].clock.get_count(REGION) == pack(floor_ms)
+        # Found late again, now with a clock: just above what that clock holds, so it
+        # loses every conflict with a concurrent write elsewhere.
         await redis.set("late:replayed", "w")
         again = await versioner.version({0: [b"late:replayed"]}, replay=True)
         (second,) = [c.event for c in again.changes]
-        assert second.clock.get_count(REGION) == 2
+        assert second.clock.get_count(REGION) == pack(floor_ms) + 1
         assert second.clock.compare(late.clock) is Order.AFTER
 
         await redis.set("live", "v")

@@ -258,7 +258,8 @@ end
 -- value: a string (strings; '' for a delete) or a flat table (other kinds). meta_raw holds
 -- the digest, origin, expiry and clock of the version, in the stored layout.
 local function version_key(key, mkey, region, tick, replay, out, dtick)
-  -- dtick: the tick of a delete (a tombstone), when it must differ from a value's
+  -- dtick: the tick of a delete (a tombstone) and of a key without metadata, when it must
+  -- differ from the tick of a key whose clock is known (writes found late: the versioner)
   dtick = dtick or tick
   local n = #out
   local raw = redis.call('HGET', mkey, key)
@@ -314,7 +315,7 @@ local function version_key(key, mkey, region, tick, replay, out, dtick)
   end
   local meta = raw and cmsgpack.unpack(raw) or nil
   local old = (meta and meta[4] == 0) and meta[1] or ''
-  local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, tick)
+  local clock = clock_tick(meta and clock_map(meta[5]) or {}, region, meta and tick or dtick)
   if clock_refused(clock, region, n, out) then return end
   local packed = pack_meta(dig, region, exp, 0, clock)
   redis.call('HSET', mkey, key, packed)
@@ -344,7 +345,8 @@ end
 --                  [, delete tick])
 -- rr_version for many keys in one call (the per-call cost of a script is paid once), with
 -- the replies of every key one after the other in one flat array (see version_key). A
--- delete tick, when given, dates the tombstones (writes found late: see the versioner).
+-- second tick, when given, dates the tombstones and the keys without metadata (writes
+-- found late: see the versioner).
 local function rr_version_many(keys, args)
   local out = {}
   local region, tick, replay = args[1], tonumber(args[2]), args[3] == '1'
