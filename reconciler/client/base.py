@@ -158,7 +158,7 @@ class ClientBase:
             self._router,
             RetryPolicy(policy.retry_commands),
             policy.command_timeout_s,
-            resend_lost_replies_before_failover=policy.resend_lost_replies_before_failover,
+            resend_before_failover=policy.resend_before_failover,
         )
         self._access = Access()
         self._scripts = ScriptRegistry()

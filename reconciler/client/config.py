@@ -110,15 +110,15 @@ class PolicyConfig:
     """The Redis database holding the daemon's status record (whatever db the URL names)."""
     retry_commands: tuple[str, ...] = setting(DEFAULT_RETRY_COMMANDS)
     """Commands that may be sent to another region when a reply was lost (idempotent)."""
-    resend_lost_replies_before_failover: bool = False
-    """Also resend those commands to another region when their reply was lost (a timeout,
-    a reset connection) while the region has not failed over. Off by default: a lost reply
-    is often a blip (a slow save, a pause, a cut link) and the other region may not yet
-    have the writes this client made moments ago (replication is asynchronous), so a read
-    resent there could answer "missing", or an older value, for a key the application just
-    wrote. Off, the application gets redis-py's error until the region answers again or
-    fails over. A command that could not be sent at all (the region refuses connections)
-    or was refused unexecuted (LOADING, READONLY, OOM) moves either way."""
+    resend_before_failover: bool = False
+    """Also send a command that failed on its region to the next one while that region has
+    not failed over (reply lost: only those in `retry_commands`; never sent, or refused
+    unexecuted: any). Off by default: a failure is often a blip (a slow save, a pause, a
+    cut link, a restart) and the other region may not yet have the writes this client made
+    moments ago (replication is asynchronous), so a read sent there could answer "missing",
+    or an older value, for a key the application just wrote. Off, the application gets
+    redis-py's error until the region answers again or its error rate fails it over; the
+    command whose failure crosses the threshold moves."""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -87,7 +87,7 @@ ATTEMPT_ERRORS = (NotSentError, RedisError, OSError)
 class Failover:
     """Everything the shells decide the same way; one per client."""
 
-    __slots__ = ("command_timeout_s", "resend_lost_replies_before_failover", "retry", "router")
+    __slots__ = ("command_timeout_s", "resend_before_failover", "retry", "router")
 
     def __init__(
         self,
@@ -95,12 +95,12 @@ class Failover:
         retry: RetryPolicy,
         command_timeout_s: float,
         *,
-        resend_lost_replies_before_failover: bool = False,
+        resend_before_failover: bool = False,
     ) -> None:
         self.router = router
         self.retry = retry
         self.command_timeout_s = command_timeout_s
-        self.resend_lost_replies_before_failover = resend_lost_replies_before_failover
+        self.resend_before_failover = resend_before_failover
 
     def read_timeout(self, args: tuple[Any, ...]) -> float | None:
         """How long to wait for the reply of a blocking command (None: not blocking)."""
@@ -333,14 +333,14 @@ class Attempt:
         if kind is ErrorKind.REJECTED and not self._resend_refused:
             raise CommandOutcomeUnknownError(self.name, region, cause) from cause
         if (
-            kind is ErrorKind.UNKNOWN
-            and not self._failover.resend_lost_replies_before_failover
+            not self._failover.resend_before_failover
             and router.state_of(index) is RegionState.HEALTHY
         ):
-            # A lost reply (a timeout, a reset) from a region that has not failed over: often
-            # a blip (a SAVE, a pause, a cut link), and another region may lack what this
-            # client wrote moments ago: it would answer a read of it with "missing" or an
-            # older value. The application gets the error instead, as with redis-py.
+            # The region has not failed over (this failure did not cross the threshold):
+            # often a blip (a SAVE, a pause, a cut link, a restart), and another region may
+            # lack what this client wrote moments ago: it would answer a read of it with
+            # "missing" or an older value. Commands go elsewhere once the region is failed
+            # over; until then the application gets the error, as with redis-py.
             raise cause
         following = router.next_region(self.tried)
         if following is None:
