@@ -107,22 +107,28 @@ class Versioner:
         """Version the touched keys of every db; returns what to ship.
 
         `replay` (the stream replayed after a restart) and `late` (the sweep after a gap)
-        find writes made while nothing was capturing, or brought back by a Redis restored
-        from an older backup, whose writes may have shipped long ago in its first life.
-        Dated now, such a write would beat every write the other regions acknowledged
-        meanwhile, later ones included (found by the fault suite: an application read its
-        own later write, then its earlier one; a restored backup's old value came back).
-        So a value found late on a key whose clock is known gets the smallest tick after
-        that clock (LATE_TICK): it wins over what it causally follows and loses every
-        conflict with a concurrent write elsewhere (an unshipped write is inside the
-        window of an asynchronous failure). A key without metadata (a Redis restarted
-        empty, then written before capture resumed) and a delete are dated
-        `late_floor_ms`, just after the last moment this region announced everything
-        shipped, when they can have happened at the earliest: the first must beat this
-        region's own earlier versions, which its lost metadata no longer shows, and the
+        find writes made while nothing was capturing. Dated now, such a write would beat
+        every write the other regions acknowledged meanwhile, later ones included (found
+        by the fault suite: an application read its own later write, then its earlier
+        one). A replayed write was made after the last moment this region announced
+        everything shipped: it is dated `late_floor_ms`, just after it. The sweep after a
+        gap may also find an old write brought back by a Redis restored from a backup,
+        shipped long ago in its first life (a restored backup's old value came back): on a
+        key whose clock is known it gets the smallest tick after that clock (LATE_TICK),
+        winning over what it causally follows and losing every conflict with a concurrent
+        write elsewhere (an unshipped write is inside the window of an asynchronous
+        failure); a key without metadata (a Redis restarted empty, written before capture
+        resumed) and a delete are dated by the floor, the first to beat this region's own
+        earlier versions its lost metadata no longer shows, the second because the
         tombstone GC dates a delete by its clock."""
         report = VersionReport()
-        if replay or late:
+        if replay:
+            # The same instance's stream, replayed after a restart: every write in it was
+            # made after the last position shipped, so after the floor.
+            tick = delete_tick = (
+                pack(self.late_floor_ms) if self.late_floor_ms else self.clock.now()
+            )
+        elif late:
             tick = LATE_TICK
             delete_tick = pack(self.late_floor_ms) if self.late_floor_ms else self.clock.now()
         else:
