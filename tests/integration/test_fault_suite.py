@@ -18,7 +18,7 @@ from tests.servers import RedisFactory
 pytestmark = pytest.mark.integration
 
 DURATION_S = 45.0
-CI_KINDS = KINDS  # every kind (writes found late are dated so they lose their conflicts)
+CI_KINDS = KINDS  # every kind the nemesis has (the soak runs longer, more seeds)
 
 
 @pytest.mark.timeout(600)
