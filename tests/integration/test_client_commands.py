@@ -4,6 +4,7 @@ scripts, refusals that count as failures, and a clean lifecycle, against real se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from devcluster import RedisServer
 from reconciler.client import (
     AsyncFailoverClient,
     ClientClosedError,
+    ClientConfig,
     CommandOutcomeUnknownError,
     ConfigError,
     FailoverClient,
@@ -25,13 +27,20 @@ from tests.integration.test_client_failover import (
     POLICY,
     SECOND,
     SLACK_S,
-    config_for,
     total_across,
     wait_for,
 )
+from tests.integration.test_client_failover import config_for as config_with
 from tests.tcpproxy import Fault, TcpProxy
 
 pytestmark = pytest.mark.integration
+
+
+def config_for(urls: dict[str, str], policy: PolicyConfig = POLICY) -> ClientConfig:
+    """These tests are about what moves and how (pipelines whole, refusals, idempotency,
+    closing): a failed command moves at once, before its region has failed over. The
+    default waits for the failover (test_client_faults and test_client_failover)."""
+    return config_with(urls, dataclasses.replace(policy, resend_before_failover=True))
 
 
 def urls(regions: dict[str, RedisServer]) -> dict[str, str]:

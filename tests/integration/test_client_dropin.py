@@ -30,12 +30,16 @@ pytestmark = pytest.mark.integration
 
 
 def two_regions(home_url: str, second: RedisServer, **policy: object) -> ClientConfig:
+    # These tests are about what moves and how (WATCH bound to a region, scripts loaded
+    # where a pipeline lands): a failed command moves at once, before its region has
+    # failed over (the default waits for the failover; test_client_faults covers it).
+    moving = {"resend_before_failover": True, **policy}
     return ClientConfig(
         regions=(
             RegionConfig(name=HOME, url=home_url),
             RegionConfig(name=SECOND, url=second.url),
         ),
-        policy=PolicyConfig(**{**POLICY.__dict__, **policy}),  # type: ignore[arg-type]
+        policy=PolicyConfig(**{**POLICY.__dict__, **moving}),  # type: ignore[arg-type]
     )
 
 
