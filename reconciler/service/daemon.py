@@ -249,6 +249,7 @@ class Daemon:
             consumer=self.consumer,
             index=self.index,
             publisher=self.publisher,
+            shipped_floor=self.shipped_floor,
             conn=self.conn,
             refresh_slots=self.antientropy.refresh_slots,
             notifier=self.notifier,

@@ -25,7 +25,7 @@ import hiredis
 
 from reconciler.status import RegionStatus, parse_run_id
 from replication.errors import ReconcilerError
-from replication.model.keys import STATUS_KEY, VERIFIED_KEY
+from replication.model.keys import SHIPPED_KEY, STATUS_KEY, VERIFIED_KEY
 from replication.redis.address import RedisAddress
 from replication.redis.connections import LibraryConnections
 from replication.redis.resp import Command, RedisCommandError, RedisUnavailableError
@@ -137,17 +137,30 @@ class InstanceGuard:
         self.marker = None
         await self._execute("DEL", VERIFIED_KEY)
 
-    async def write_status(self, status: RegionStatus, ttl_ms: int) -> str:
+    async def shipped_mark(self) -> int:
+        """The dataset's own "shipped through" moment (``SHIPPED_KEY``), 0 if it has none
+        (never verified, restarted empty) or holds something unreadable."""
+        raw = await self._execute("GET", SHIPPED_KEY)
+        try:
+            return max(0, int(raw)) if isinstance(raw, bytes) else 0
+        except ValueError:
+            return 0
+
+    async def write_status(
+        self, status: RegionStatus, ttl_ms: int, *, shipped_through_ms: int = 0
+    ) -> str:
         """Write the status record through ``rr_status``; returns the instance's run_id.
 
-        Raises :class:`StatusRefusedError` when the status is ``consistent`` and the Redis
-        holds no marker of ours for its current instance."""
+        A ``consistent`` status also stamps the dataset with `shipped_through_ms` (if not
+        0). Raises :class:`StatusRefusedError` when the status is ``consistent`` and the
+        Redis holds no marker of ours for its current instance."""
         command: Command = (
             "FCALL",
             "rr_status",
-            2,
+            3,
             STATUS_KEY,
             VERIFIED_KEY,
+            SHIPPED_KEY,
             status.state,
             status.region,
             status.since_ms,
@@ -155,6 +168,7 @@ class InstanceGuard:
             status.updated_ms,
             ttl_ms,
             self.marker or "",
+            shipped_through_ms or "",
         )
         (reply,) = await self._pipeline(command)
         if isinstance(reply, hiredis.ReplyError):

@@ -29,6 +29,7 @@ from reconciler.service.instance import InstanceGuard, StatusRefusedError
 from reconciler.service.notify import ServiceNotifier
 from reconciler.service.regionstate import RegionState
 from reconciler.service.sessions import SessionRunner
+from reconciler.service.shippedfloor import ShippedFloor
 from reconciler.service.state import DaemonState, now_ms
 from reconciler.status import RegionStatus
 from replication.backoff import retrying
@@ -59,6 +60,7 @@ class Recovery:
         consumer: ChangeConsumer,
         index: MerkleIndex,
         publisher: Publisher,
+        shipped_floor: ShippedFloor,
         conn: Callable[[int], Awaitable[RespConnection]],
         refresh_slots: Callable[[int, list[int]], Awaitable[int]],
         notifier: ServiceNotifier,
@@ -73,6 +75,7 @@ class Recovery:
         self.consumer = consumer
         self.index = index
         self.publisher = publisher
+        self.shipped_floor = shipped_floor
         self._conn = conn
         self._refresh_slots = refresh_slots
         self.notifier = notifier
@@ -155,10 +158,28 @@ class Recovery:
         self.publish()
 
     async def _rebuild_and_sweep(self) -> int:
+        # Read before anything can stamp the dataset again (only a `consistent` status
+        # does, after this pass): a dataset brought back from a copy (an old backup, the
+        # RDB of a crashed Redis) holds writes shipped in its first life, some still
+        # unversioned in the copy. Dated by the latest moment shipped, they would beat
+        # every later write of this region (found by the fault suite: a key ended with a
+        # value from the backup); dated just after the copy's own moment, they lose to
+        # those and still beat what they followed. A dataset without one (restarted
+        # empty, never verified) is dated by the latest moment shipped.
+        mark = await self.guard.shipped_mark()
+        floor = self.shipped_floor.value
+        dated_ms = (min(mark, floor) if floor else mark) + 1 if mark else None
+        if dated_ms is not None and dated_ms <= floor:
+            log.info(
+                "recovery sweep: the dataset was shipped through %d ms, %d ms before the "
+                "latest moment shipped; what it holds unversioned is dated by its own",
+                mark,
+                floor - mark,
+            )
         await self.rebuild_index()
         swept = 0
         for db in self.config.redis.dbs:
-            swept += await self.publisher.sweep(db)
+            swept += await self.publisher.sweep(db, late_floor_ms=dated_ms)
         return swept
 
     async def rebuild_index(self) -> None:
@@ -239,7 +260,11 @@ class Recovery:
             updated_ms=now_ms(),
         )
         try:
-            await self.guard.write_status(status, int(self.config.status.ttl_s * 1000))
+            await self.guard.write_status(
+                status,
+                int(self.config.status.ttl_s * 1000),
+                shipped_through_ms=self.shipped_floor.value,
+            )
             s.status_written_ms = now_ms()
         except StatusRefusedError as exc:
             # The Redis holds no proof of a repair on its current instance: it restarted,

@@ -102,7 +102,12 @@ class Versioner:
         await self.stop()
 
     async def version(
-        self, keys: Mapping[int, Iterable[bytes]], *, replay: bool = False, late: bool = False
+        self,
+        keys: Mapping[int, Iterable[bytes]],
+        *,
+        replay: bool = False,
+        late: bool = False,
+        late_floor_ms: int | None = None,
     ) -> VersionReport:
         """Version the touched keys of every db; returns what to ship.
 
@@ -120,17 +125,17 @@ class Versioner:
         failure); a key without metadata (a Redis restarted empty, written before capture
         resumed) and a delete are dated by the floor, the first to beat this region's own
         earlier versions its lost metadata no longer shows, the second because the
-        tombstone GC dates a delete by its clock."""
+        tombstone GC dates a delete by its clock. `late_floor_ms` replaces the floor for
+        this call (a dataset restored from a copy is dated by the copy's own moment)."""
         report = VersionReport()
+        floor_ms = self.late_floor_ms if late_floor_ms is None else late_floor_ms
         if replay:
             # The same instance's stream, replayed after a restart: every write in it was
             # made after the last position shipped, so after the floor.
-            tick = delete_tick = (
-                pack(self.late_floor_ms) if self.late_floor_ms else self.clock.now()
-            )
+            tick = delete_tick = pack(floor_ms) if floor_ms else self.clock.now()
         elif late:
             tick = LATE_TICK
-            delete_tick = pack(self.late_floor_ms) if self.late_floor_ms else self.clock.now()
+            delete_tick = pack(floor_ms) if floor_ms else self.clock.now()
         else:
             tick = delete_tick = self.clock.now()
         for db, db_keys in keys.items():
@@ -213,16 +218,19 @@ class Versioner:
                     if result.status is VersionStatus.RESHIP:
                         report.reshipped += 1
 
-    async def sweep(self, db: int) -> AsyncIterator[VersionReport]:
+    async def sweep(
+        self, db: int, *, late_floor_ms: int | None = None
+    ) -> AsyncIterator[VersionReport]:
         """Version every user key and every metadata entry of `db`, in chunks.
 
         Finds what a gap hid: keys written (present, digest != metadata) and keys deleted
         (absent, metadata still live). Yields a report per chunk, so the caller can ship
-        as it goes and memory stays bounded.
+        as it goes and memory stays bounded. `late_floor_ms` (None: the versioner's own)
+        dates keys without metadata and deletes (see `version`).
         """
         conn = await self._conns.get(db)
         async for keys in user_keys(conn):
-            yield await self.version({db: keys}, late=True)
+            yield await self.version({db: keys}, late=True, late_floor_ms=late_floor_ms)
         async for entries in metadata_entries(conn):
             # Only entries whose key is gone can be news here (present keys were just
             # versioned by the key scan); EXISTS in one pipeline filters them.
@@ -230,4 +238,4 @@ class Versioner:
             exists = await conn.pipeline([("EXISTS", f) for f in fields])
             gone = [f for f, e in zip(fields, exists, strict=True) if e == 0]
             if gone:
-                yield await self.version({db: gone}, late=True)
+                yield await self.version({db: gone}, late=True, late_floor_ms=late_floor_ms)

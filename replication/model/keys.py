@@ -20,6 +20,12 @@ STATUS_FIELDS = ("state", "region", "since_ms", "last_repair_ms", "updated_ms", 
 # status. An empty restart, a FLUSHALL or a restore from a backup taken before that repair
 # loses it or carries another value, so the status can no longer say `consistent`.
 VERIFIED_KEY = b"__rr:verified"
+# The dataset's own "shipped through" moment (wall ms of this region's clock), written with
+# each `consistent` status: every write this dataset held before it was versioned and
+# shipped. A dataset restored from a copy (an old backup, the RDB of a crashed Redis) brings
+# its moment back, and the sweep after the gap dates what it finds unversioned by it rather
+# than by the latest moment shipped, which those old writes would otherwise beat.
+SHIPPED_KEY = b"__rr:shipped"
 STATUS_CONSISTENT = "consistent"
 STATUS_RECOVERING = "recovering"
 STATUS_REPAIRING = "repairing"

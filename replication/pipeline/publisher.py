@@ -81,12 +81,12 @@ class Publisher:
             self.index.update(event.db, event.key, change.previous_digest, event.digest)
         return await self.producer.ship([c.event for c in changes])
 
-    async def sweep(self, db: int) -> int:
+    async def sweep(self, db: int, *, late_floor_ms: int | None = None) -> int:
         """Version every key and metadata entry of `db` (after a gap) and ship what the
         stream did not show, each chunk acknowledged by Kafka before the next; returns the
-        number of changes shipped."""
+        number of changes shipped. `late_floor_ms`: see `Versioner.sweep`."""
         shipped = 0
-        async for report in self.versioner.sweep(db):
+        async for report in self.versioner.sweep(db, late_floor_ms=late_floor_ms):
             shipment = await self.ship(report.changes)
             if shipment is not None:
                 await shipment.wait()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devcluster.daemons import wait_for
+from replication.model.keys import SHIPPED_KEY
 from tests.regions import Regions, key_state
 
 pytestmark = pytest.mark.integration
@@ -41,3 +42,37 @@ def test_regions_identical_when_a_restored_peer_holds_an_older_live_version_of_a
     wait_for(lambda: key_state(east, b"k") is None, 60, "us-east to drop the older version")
     regions.wait_status("consistent", 60)
     assert regions.converged()
+
+
+def test_no_lost_winner_when_a_restored_backup_holds_a_write_it_had_not_versioned(
+    regions: Regions, tmp_path: Path
+) -> None:
+    """Fault suite CI seed 101 (`no-resurrection`): us-east's Redis, restored from a backup
+    taken while a write of its own was not yet versioned, brought that write back without
+    metadata. The sweep after the gap dated it by the latest moment the region had shipped
+    through, later than the region's own newer write of the same key: the backup's value
+    won in every region. It is dated by the backup's own moment now and loses."""
+    east, west = regions.clients["us-east"], regions.clients["eu-west"]
+    # The dataset carries its "shipped through" moment once its daemon says consistent.
+    regions.wait_status("consistent", 60)
+    wait_for(lambda: east.get(SHIPPED_KEY) is not None, 30, "us-east's dataset to be stamped")
+
+    # A write nothing has versioned yet (its daemon is down), caught by the backup.
+    regions.daemons["us-east"].stop()
+    east.set("pay:1", "old")
+    backup = regions.servers["us-east"].snapshot(tmp_path / "us-east-unversioned.rdb")
+    regions.daemons["us-east"].start()
+    wait_for(lambda: west.get("pay:1") == b"old", 30, "the old value in eu-west")
+
+    # Later, the region's own newer write, shipped; then the backup comes back.
+    east.set("pay:1", "new")
+    wait_for(lambda: west.get("pay:1") == b"new", 30, "the new value in eu-west")
+    regions.wait_status("consistent", 60)
+    regions.servers["us-east"].restart(from_snapshot=backup)
+    assert east.get("pay:1") == b"old"  # the backup's value, without metadata
+
+    regions.wait_status("consistent", 90)
+    regions.wait_converged(60)
+    assert {name: c.get("pay:1") for name, c in regions.clients.items()} == dict.fromkeys(
+        regions.clients, b"new"
+    )

@@ -507,12 +507,17 @@ local function rr_mark_verified(keys, args)
   return marker
 end
 
--- rr_status(KEYS: status, marker; ARGV: state, region, since_ms, last_repair_ms, updated_ms,
---           ttl_ms, marker the daemon holds or '')
+-- rr_status(KEYS: status, marker[, shipped]; ARGV: state, region, since_ms, last_repair_ms,
+--           updated_ms, ttl_ms, marker the daemon holds or ''[, shipped_through_ms])
 -- Replaces the status record, stamped with this instance's run_id, with its expiry. Refuses
 -- `consistent` (RRUNVERIFIED) unless the marker key holds exactly the marker the daemon
 -- holds and that marker names this instance: only a repair completed on this instance can
--- make it say consistent, whatever the daemon believes. Reply: the run_id.
+-- make it say consistent, whatever the daemon believes. A `consistent` status also records
+-- in the `shipped` key (no expiry) the moment before which this dataset's writes were all
+-- versioned and shipped: a copy of the dataset brought back later (an old backup, an RDB
+-- from before a crash) carries its own moment, which dates what it holds unversioned.
+-- Only a verified dataset gets it, so a restored one cannot be stamped before it is swept.
+-- Reply: the run_id.
 local function rr_status(keys, args)
   local rid = run_id()
   if args[1] == 'consistent' then
@@ -525,6 +530,9 @@ local function rr_status(keys, args)
   redis.call('HSET', keys[1], 'state', args[1], 'region', args[2], 'since_ms', args[3],
     'last_repair_ms', args[4], 'updated_ms', args[5], 'run_id', rid)
   redis.call('PEXPIRE', keys[1], args[6])
+  if args[1] == 'consistent' and keys[3] and args[8] and args[8] ~= '' then
+    redis.call('SET', keys[3], args[8])
+  end
   return rid
 end
 
