@@ -24,7 +24,7 @@ from replication.model.hlc import HybridClock, pack, wall_ms
 from replication.model.metadata import decode_meta
 from replication.model.value import Kind
 from replication.model.vclock import VectorClock
-from replication.model.wire import EventBatch
+from replication.model.wire import EventBatch, pack_event
 from replication.pipeline.applier import Applier
 from replication.pipeline.inbound import Inbound
 from replication.pipeline.publisher import Publisher
@@ -182,4 +182,58 @@ async def test_a_remote_version_racing_local_writes_is_superseded_and_the_rest_a
     assert meta.origin == HERE
     assert meta.hlc > hot.hlc  # the local version wins against the superseded one
     publisher.client.close()
+    client.close()
+
+
+class DeadLetterSink:
+    """Where the dead letters of `process()` go in this test: (code, topic offset, key)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes]] = []
+
+    async def send(self, payload: bytes, reason: str, **where: Any) -> None:
+        self.sent.append((str(where["code"]), int(where["offset"]), payload))
+
+
+async def test_records_applied_together_keep_each_refusal_at_its_own_records_offset(
+    redis_server: RedisServer,
+) -> None:
+    """The records of one poll from one peer go to Redis together (one round trip, not one
+    per record); an event refused for good is still a dead letter at the offset of the
+    record that carried it, and every other event of the poll is applied, in order."""
+    url = redis_server.url
+    client = redis.Redis.from_url(url)
+    clock = HybridClock()
+    address = RedisAddress.from_url(url)
+    sink = DeadLetterSink()
+    async with Versioner(address, HERE, clock) as versioner, Applier(address, HERE, clock) as app:
+        inbound = Inbound(
+            None,  # type: ignore[arg-type]  # process() reads nothing from Kafka
+            app,
+            Publisher(versioner, ListProducer(), NoIndex()),  # type: ignore[arg-type]
+            sink,  # type: ignore[arg-type]
+            on_applied=lambda report: None,
+            on_gap=lambda gap: asyncio.sleep(0),
+        )
+        now = pack(wall_ms())
+        first = [remote_event(b"k", b"v1", now), remote_event(b"a", b"x", now)]
+        forged = remote_event(b"bad", b"x", now)
+        forged = ChangeEvent(
+            0, b"bad", Kind.STRING, b"x", 0, forged.clock, PEER, b"\x00" * len(forged.digest)
+        )
+        second = [remote_event(b"b", b"y", now), forged]
+        third = [remote_event(b"k", b"v2", now + 1)]  # the same key again, later
+        topic = f"t.changes.{PEER}"
+        report = await inbound.process(
+            [
+                Incoming(topic, 0, 10, EventBatch(PEER, first)),
+                Incoming(topic, 0, 11, EventBatch(PEER, second)),
+                Incoming(topic, 0, 12, EventBatch(PEER, third)),
+            ]
+        )
+    assert [(code, offset) for code, offset, _ in sink.sent] == [("bad-digest", 11)]
+    assert sink.sent[0][2] == pack_event(forged)
+    assert report.applied == 4
+    assert (client.get("k"), client.get("a"), client.get("b")) == (b"v2", b"x", b"y")
+    assert client.exists("bad") == 0
     client.close()
