@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -45,18 +46,30 @@ class ServerProcess:
                 env=None if env is None else {**os.environ, **env},
             )
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, wait, then SIGKILL. Safe to call twice and on a stopped process."""
+    def stop(self, timeout_s: float = 10.0, *, term_every_s: float | None = None) -> None:
+        """SIGTERM, wait, then SIGKILL. Safe to call twice and on a stopped process.
+
+        `term_every_s`: send SIGTERM again at this interval while waiting, for a process
+        that refuses one it cannot honour yet and does not try again by itself."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
         self.resume()  # a stopped process cannot handle SIGTERM
         proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            step = max(0.0, deadline - time.monotonic())
+            if term_every_s is not None:
+                step = min(step, term_every_s)
+            try:
+                proc.wait(timeout=step)
+                return
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    break
+                proc.terminate()
+        proc.kill()
+        proc.wait(timeout=timeout_s)
 
     def kill9(self) -> None:
         """SIGKILL and reap: the crash case, no chance to flush anything."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,9 @@ class RedisServer:
             raise TimeoutError(f"{exc}\n--- log tail ---\n{self.log_tail()}") from None
 
     def stop(self) -> None:
-        self._process.stop()
+        # Redis refuses a SIGTERM while it writes its first AOF (after a restore or a full
+        # sync: "Writing initial AOF, can't exit") and does not try again: ask again.
+        self._process.stop(term_every_s=0.5)
 
     def kill9(self) -> None:
         """Crash it: SIGKILL, no shutdown save."""
@@ -199,8 +202,21 @@ class RedisServer:
             self.start()
             self._command("CONFIG", "SET", "appendonly", "yes")
             self.config = {**self.config, "appendonly": "yes"}
+            self._wait_aof_written()
             return
         self.start()
+
+    def _wait_aof_written(self, timeout_s: float = 30.0) -> None:
+        # Until the first AOF is written, the restored data lives only in memory, and Redis
+        # refuses SIGTERM ("Writing initial AOF, can't exit"): every later stop would
+        # wait out its timeout and end in SIGKILL.
+        deadline = time.monotonic() + timeout_s
+        while b"aof_rewrite_in_progress:0" not in (
+            info := self._command("INFO", "persistence")
+        ) or (b"aof_rewrite_scheduled:0" not in info):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the first AOF after a restore was not written")
+            time.sleep(0.02)
 
     def _command(self, *args: str) -> bytes:
         payload = f"*{len(args)}\r\n".encode()

@@ -212,6 +212,17 @@ class TcpProxy:
             for task in stragglers:
                 task.cancel()
             await asyncio.gather(*stragglers, return_exceptions=True)
+        # A connection accepted just before the listener closed has a handler that had not
+        # run yet (not in `_handlers`): left pending, it would be destroyed with the loop,
+        # its sockets unclosed, and a later test would fail on the ResourceWarning.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        while others:
+            self._reset_all()
+            _, stragglers = await asyncio.wait(others, timeout=2)
+            for task in stragglers:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            others = asyncio.all_tasks() - {asyncio.current_task()}
 
     def __enter__(self) -> TcpProxy:
         return self.start()

@@ -1,4 +1,4 @@
-"""The fault suite's CI profile: two seeds of ~45 s each of the randomized workload and
+"""The fault suite's CI profile: two seeds of ~30 s each of the randomized workload and
 nemesis on three real regions (redis-server and `reconciler run` each, the session's real
 Kafka broker), then the history checker. Zero violations, and every kind of fault of the
 profile really happened (the nemesis deals each kind once before repeating). The long soak is
@@ -17,7 +17,7 @@ from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
 
-DURATION_S = 45.0
+DURATION_S = 30.0
 # The soak (`python -m tests.faults`) runs every kind. The CI profile leaves out those that
 # still trigger the open findings (README, "The randomized fault suite"): a daemon paused
 # or killed, or a Redis restarted with its data while the broker or its daemon is down,

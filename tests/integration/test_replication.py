@@ -283,11 +283,17 @@ def test_sigterm_flushes_acks_and_commits_so_a_restart_redoes_nothing(
     stop = threading.Event()
 
     def writer(name: str) -> None:
+        # Paced (2,000 writes/s each): writes keep coming through the stop, and what there
+        # is to converge afterwards stays a few thousand keys, not the 20,000 of a flat-out
+        # writer (the convergence check reads every key).
         client = regions.clients[name]
+        started = time.monotonic()
         i = 0
         while not stop.is_set() and i < 20_000:
             client.set(f"term:{name}:{i}", i)
             i += 1
+            if i % 50 == 0:
+                time.sleep(max(0.0, started + i / 2_000 - time.monotonic()))
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in (a, b)]
     for t in threads:
