@@ -72,6 +72,7 @@ from replication.pipeline.applier import Applier, ApplyReport
 from replication.pipeline.inbound import Inbound
 from replication.pipeline.outbound import Outbound
 from replication.pipeline.publisher import Publisher
+from replication.pipeline.stall import StallWatch
 from replication.redis.connections import LibraryConnections
 from replication.redis.resp import RespConnection
 from replication.transport.access import check_access
@@ -200,12 +201,15 @@ class Daemon:
             applied=self.consumer.applied_offsets,
             end_offsets=self.consumer.end_offsets,
         )
+        # One watch for both paths that version local writes (capture, deferred applies).
+        self.stall = StallWatch(self.heartbeats.master_offset)
         self.outbound = Outbound(
             self.source,
             self.publisher,
             on_gap=self._on_capture_gap,
             on_flush=self._on_flush,
             max_in_flight=config.capture.max_in_flight_batches,
+            stall=self.stall,
         )
         self.inbound = Inbound(
             self.consumer,
@@ -216,6 +220,7 @@ class Daemon:
             on_gap=self._on_capture_gap,
             max_records=config.apply.max_records_per_poll,
             transient_retry_s=config.apply.transient_retry_s,
+            stall=self.stall,
         )
         # systemd, if under it (the status line is read once the parts exist, below)
         self.notifier = ServiceNotifier(lambda: status_text(self.parts))

@@ -72,6 +72,11 @@ class DaemonCollector(Collector):
         yield counter("capture_reshipped", "Versions re-shipped after a restart", out.reshipped)
         yield counter("capture_echoes", "Touched keys that were echoes or no-ops", out.echoes)
         yield counter("capture_unsupported", "Writes to unreplicated types", out.unsupported)
+        yield counter(
+            "capture_late_batches",
+            "Batches written while the daemon did not run (paused, stalled): dated as late",
+            out.late_batches,
+        )
         yield gauge("capture_acked_offset", "Stream offset acknowledged", out.acked_offset)
         behind_ms = d.catch_up.lag_ms(now_ms())
         yield gauge(

@@ -42,6 +42,7 @@ from replication.model.event import ChangeEvent
 from replication.model.wire import pack_event
 from replication.pipeline.applier import Applier, ApplyReport, Rejection
 from replication.pipeline.publisher import Publisher
+from replication.pipeline.stall import StallWatch
 from replication.transport.consumer import ChangeConsumer, Incoming
 from replication.transport.deadletter import DeadLetters
 
@@ -87,6 +88,7 @@ class Inbound:
         on_gap: Callable[[Gap], Awaitable[None]],
         max_records: int = 500,
         transient_retry_s: float = 30.0,
+        stall: StallWatch | None = None,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
@@ -96,6 +98,7 @@ class Inbound:
         self.on_gap = on_gap
         self.max_records = max_records
         self.transient_retry_s = transient_retry_s
+        self.stall = stall
         self.stats = InboundStats()
         self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
@@ -254,7 +257,10 @@ class Inbound:
         keys: dict[int, set[bytes]] = {}
         for event in deferred:
             keys.setdefault(event.db, set()).add(event.key)
-        local = await self.publisher.publish(keys, retry="versioning deferred keys")
+        # A local write found unversioned just after this process did not run for a while
+        # may be from the pause: dated as late then, like the capture dates it.
+        late = self.stall is not None and await self.stall.behind()
+        local = await self.publisher.publish(keys, replay=late, retry="versioning deferred keys")
         await local.wait()
         refused = set(local.report.refused)
         if not refused:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from replication.capture.batch import CaptureBatch, ChangeSource, Gap
 from replication.latency import ORIGIN_STAGES, StageLatency
 from replication.pipeline.publisher import Publisher
+from replication.pipeline.stall import StallWatch
 from replication.transport.producer import Shipment
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class OutboundStats:
     echoes: int = 0
     unsupported: int = 0
     acked_offset: int = 0
+    late_batches: int = 0  # written while the process was stopped (StallWatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,13 @@ class Outbound:
         on_gap: Callable[[Gap], Awaitable[None]],
         on_flush: Callable[[frozenset[int]], Awaitable[None]],
         max_in_flight: int = 8,
+        stall: StallWatch | None = None,
     ) -> None:
         self.source = source
         self.publisher = publisher
         self.on_gap = on_gap
         self.on_flush = on_flush
+        self.stall = stall
         self.stats = OutboundStats()
         self.latency = StageLatency.of(ORIGIN_STAGES)
         # (end offset, shipment, versioned at) per batch in stream order; None marks the end.
@@ -71,7 +75,12 @@ class Outbound:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             acker = group.create_task(self._ack())
-            await self._read()
+            ticker = group.create_task(self.stall.run()) if self.stall is not None else None
+            try:
+                await self._read()
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
             await self._in_flight.put(None)  # the acker finishes what is queued, then returns
             await acker
 
@@ -102,14 +111,21 @@ class Outbound:
         if batch.flushed_dbs:
             await self.on_flush(batch.flushed_dbs)
         if batch.gap is not None:
+            if self.stall is not None:
+                self.stall.forget()
             await self.on_gap(batch.gap)
         shipment = None
         versioned = 0.0
         if batch.keys:
+            # Written while this process was stopped: dated like a replayed write, not by
+            # the clock at the resume (replication.pipeline.stall).
+            late = self.stall is not None and await self.stall.is_late(batch.end_offset)
+            if late:
+                self.stats.late_batches += 1
             # The same batch is retried while Redis is unreachable: skipping it would lose
             # its writes (the stream moves on; its offset would be acknowledged).
             published = await self.publisher.publish(
-                batch.keys, replay=batch.replay, retry="versioning a capture batch"
+                batch.keys, replay=batch.replay or late, retry="versioning a capture batch"
             )
             report = published.report
             shipment = published.shipment

@@ -3,13 +3,14 @@ it broke, reproduced with the fault that exposed it on real servers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from devcluster.daemons import wait_for
 from replication.model.keys import SHIPPED_KEY
-from tests.regions import Regions, key_state
+from tests.regions import Regions, key_state, metric
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +77,25 @@ def test_no_lost_winner_when_a_restored_backup_holds_a_write_it_had_not_versione
     assert {name: c.get("pay:1") for name, c in regions.clients.items()} == dict.fromkeys(
         regions.clients, b"new"
     )
+
+
+def test_no_lost_winner_when_a_paused_daemon_resumes(regions: Regions) -> None:
+    """Fault suite seed 5 (`no-lost-winner`): us-east's daemon was paused (SIGSTOP) while
+    its Redis took a write; a later write of the same key was made on eu-west. Resumed, the
+    daemon versioned the piled-up write with the clock at the resume, and the earlier write
+    beat the later one in every region. It is dated as written late now, and loses."""
+    east, west = regions.clients["us-east"], regions.clients["eu-west"]
+    regions.wait_status("consistent", 60)
+    daemon = regions.daemons["us-east"]
+    daemon.pause()
+    try:
+        east.set("pay:2", "east")  # while us-east's daemon does not run
+        time.sleep(0.3)
+        west.set("pay:2", "west")  # later, on eu-west
+        time.sleep(3.0)  # the pause outlasts the daemon's stall threshold (2 s)
+    finally:
+        daemon.resume()
+    regions.wait_converged(60)
+    values = {name: c.get("pay:2") for name, c in regions.clients.items()}
+    assert values == dict.fromkeys(regions.clients, b"west")
+    assert metric(daemon.metrics(), "reconciler_capture_late_batches_total") >= 1
