@@ -9,7 +9,9 @@ classified failure window explains; what a window explains is counted and report
   superseded (for a key one region writes: its last acknowledged write, or a later one
   whose outcome is unknown). Superseded by a write lost inside a data-loss window of its
   region (a Redis killed, restarted empty or from an older RDB, `window_s` before the kill
-  and while its region's shipping was impaired): counted as lost, not a violation. A key
+  and while its region's shipping was impaired), or made within `window_s` after its Redis
+  came back from a copy (its own AOF, an older RDB), before its daemon captured again:
+  counted as lost, not a violation. A key
   present whose superseding write was a delete: resurrected.
 - application: through the failover client no read returns a value older than one the
   same client read before, nor older than (or missing instead of) a write acknowledged more
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.faults.history import ACKED, FAILED, History, Op
-from tests.faults.nemesis import DATA_LOSS_KINDS, SHIPPING_KINDS, FaultRecord
+from tests.faults.nemesis import DATA_LOSS_KINDS, RESTORED_KINDS, SHIPPING_KINDS, FaultRecord
 from tests.faults.workload import writer_of
 from tests.regions import State
 
@@ -88,6 +90,17 @@ class Windows:
                 if other.start <= fault.start <= (other.end or fault.start) + self.window_s:
                     risk_start = min(risk_start, other.start - self.window_s)
             if risk_start <= op.end and op.start <= fault.start:
+                return fault
+        for fault in self.faults:
+            # Written to a Redis restarted from a copy before its daemon captured again:
+            # the sweep finds it unversioned like the copy's own old writes and dates it
+            # by the copy's stamp, so it loses to what the region shipped after the copy.
+            if (
+                fault.kind in RESTORED_KINDS
+                and fault.target in self.where(op)
+                and fault.end
+                and fault.end <= op.start <= fault.end + self.window_s
+            ):
                 return fault
         return None
 

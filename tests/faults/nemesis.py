@@ -35,6 +35,9 @@ KINDS = (
 )
 # Faults after which writes acknowledged shortly before may be gone from their region.
 DATA_LOSS_KINDS = ("redis-kill-data", "redis-kill-empty", "redis-kill-older-rdb")
+# Restarted with data from a copy (its own AOF, an older RDB): until its daemon captures
+# again, what the Redis takes has no date the daemon can know (docs/capture.md).
+RESTORED_KINDS = ("redis-kill-data", "redis-kill-older-rdb")
 # Faults during which a region's writes do not reach the others.
 SHIPPING_KINDS = ("daemon-kill9", "daemon-pause", "broker-pause", *DATA_LOSS_KINDS)
 

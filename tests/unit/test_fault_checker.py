@@ -79,6 +79,25 @@ def test_a_write_lost_inside_a_kill_window_is_counted_not_a_violation() -> None:
     assert run(ops, {K: ("string", b"a", 0)}, [late]).violations
 
 
+def test_a_write_to_a_redis_back_from_a_copy_before_capture_is_counted_only_there() -> None:
+    """Made within the window after a Redis came back from an older RDB (or its own AOF),
+    before its daemon captured again: dated by the copy's stamp, it may lose to what the
+    region shipped after the copy. Counted as lost; after an empty restart (no stamp, such
+    a write wins) or later than the window, a violation."""
+    ops = [
+        write(0, "eu-west", K, ("string", b"a", None), 1),
+        write(1, "eu-west", K, ("string", b"b", None), 31),
+    ]
+    restored = FaultRecord("redis-kill-older-rdb", "eu-west", 25.0, 30.0)
+    verdict = run(ops, {K: ("string", b"a", 0)}, [restored])
+    assert verdict.violations == []
+    assert [o.index for o in verdict.lost_in_window] == [1]
+    empty = FaultRecord("redis-kill-empty", "eu-west", 25.0, 30.0)
+    assert run(ops, {K: ("string", b"a", 0)}, [empty]).violations
+    long_ago = FaultRecord("redis-kill-older-rdb", "eu-west", 15.0, 20.0)
+    assert run(ops, {K: ("string", b"a", 0)}, [long_ago]).violations
+
+
 def test_an_expired_relative_expiry_allows_the_key_gone() -> None:
     ops = [write(0, "eu-west", K, ("string", b"a", ("rel", 2_000)), 1)]
     assert run(ops, {}).violations == []
