@@ -118,3 +118,13 @@ def describe_tls_failure(exc: BaseException) -> str | None:
             f"TLS handshake failed ({exc.reason or exc}); is the server speaking TLS on this port?"
         )
     return None
+
+
+def connect_failure(address: object, exc: BaseException) -> str:
+    """The operator's message for a connection to `address` that failed with `exc` (TLS
+    options that cannot be used, a refused or timed-out connect, a failed handshake)."""
+    if isinstance(exc, TlsError):
+        reason = str(exc)
+    else:
+        reason = describe_tls_failure(exc) or str(exc) or repr(exc)
+    return f"cannot connect to {address}: {reason}"

@@ -17,7 +17,7 @@ import hiredis
 from replication.capture.batch import CaptureConnectionError, CaptureProtocolError
 from replication.redis.address import RedisAddress
 from replication.redis.errors import error_code
-from replication.tls import TlsError, describe_tls_failure
+from replication.tls import TlsError, connect_failure
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -76,11 +76,8 @@ class RespLink(asyncio.Protocol):
                     ssl=ssl_context,
                     ssl_handshake_timeout=timeout_s if ssl_context else None,
                 )
-        except TlsError as exc:
-            raise CaptureConnectionError(f"cannot connect to {address}: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            reason = describe_tls_failure(exc) or repr(exc)
-            raise CaptureConnectionError(f"cannot connect to {address}: {reason}") from exc
+        except (TlsError, OSError, TimeoutError) as exc:
+            raise CaptureConnectionError(connect_failure(address, exc)) from exc
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

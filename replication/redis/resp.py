@@ -17,7 +17,7 @@ import hiredis
 from replication.errors import ReconcilerError
 from replication.redis.address import RedisAddress
 from replication.redis.errors import error_code, is_retriable
-from replication.tls import TlsError, describe_tls_failure
+from replication.tls import TlsError, connect_failure
 
 Command = Sequence[bytes | str | int | float]
 
@@ -66,11 +66,8 @@ class RespConnection:
                     ssl=ssl_context,
                     ssl_handshake_timeout=timeout_s if ssl_context else None,
                 )
-        except TlsError as exc:
-            raise RedisUnavailableError(f"cannot connect to {address}: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            reason = describe_tls_failure(exc) or str(exc)
-            raise RedisUnavailableError(f"cannot connect to {address}: {reason}") from exc
+        except (TlsError, OSError, TimeoutError) as exc:
+            raise RedisUnavailableError(connect_failure(address, exc)) from exc
         conn = cls(address, reader, writer)
         try:
             setup: list[Command] = []

@@ -14,7 +14,8 @@ from aiokafka.errors import KafkaError
 
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
-from reconciler.client import ClientConfig, FailoverClient, PolicyConfig, RegionConfig
+from devcluster.workload import local_failover_policy
+from reconciler.client import ClientConfig, FailoverClient, RegionConfig
 from tests.faults import badinput
 from tests.faults.checker import Verdict, Violation, check
 from tests.faults.history import History
@@ -24,17 +25,9 @@ from tests.regions import running_regions
 from tests.servers import RedisFactory
 from tests.tcpproxy import TcpProxy
 
-POLICY = PolicyConfig(
-    window_s=2.0,
-    min_requests=5,
-    error_rate_threshold=0.5,
-    command_timeout_s=0.5,
-    connect_timeout_s=0.5,
-    probe_interval_s=0.2,
-    probe_backoff_cap_s=0.5,
-    failback_healthy_s=2.0,
-    require_consistent_status=True,
-)
+# The demo's and the tests' policy: fail over at half of 5+ requests failing in 2 s, back
+# after 2 s of good probes and a trusted `consistent`.
+POLICY = local_failover_policy()
 # Replication is asynchronous: a write acknowledged this long before a fault may still
 # have been on its way (generous for two shared cores); anything older had arrived.
 WINDOW_S = 5.0
