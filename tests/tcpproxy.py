@@ -163,7 +163,6 @@ class TcpProxy:
         )
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
         self._started = False
         self._stopped = False
@@ -204,21 +203,15 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        self._reset_all()
         # Reset connections end their handlers; cancelling a handler instead would make
-        # asyncio's stream callback log the CancelledError.
-        if self._handlers:
-            _, stragglers = await asyncio.wait(set(self._handlers), timeout=5)
-            for task in stragglers:
-                task.cancel()
-            await asyncio.gather(*stragglers, return_exceptions=True)
-        # A connection accepted just before the listener closed has a handler that had not
-        # run yet (not in `_handlers`): left pending, it would be destroyed with the loop,
-        # its sockets unclosed, and a later test would fail on the ResourceWarning.
+        # asyncio's stream callback log the CancelledError. Every task of the loop is
+        # awaited, not only the handlers that had started: one accepted just before the
+        # listener closed had not run yet, and left pending it would be destroyed with the
+        # loop, its sockets unclosed, failing a later test on the ResourceWarning.
         others = asyncio.all_tasks() - {asyncio.current_task()}
         while others:
             self._reset_all()
-            _, stragglers = await asyncio.wait(others, timeout=2)
+            _, stragglers = await asyncio.wait(others, timeout=5)
             for task in stragglers:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
@@ -275,9 +268,6 @@ class TcpProxy:
     # -- traffic ----------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
         pair = _Pair(writer)
         self._pairs.add(pair)
         self.stats.connections += 1
@@ -299,7 +289,6 @@ class TcpProxy:
             await self._pump(pair, reader, up_reader, up_writer)
         finally:
             self._pairs.discard(pair)
-            self._handlers.discard(task)
             await self._close(writer)
             if pair.server is not None:
                 await self._close(pair.server)
