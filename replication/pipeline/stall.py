@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class StallWatch:
-    """`run()` ticks until cancelled; `late_through()` before each batch is versioned."""
+    """`run()` ticks until cancelled; `is_late()` before each capture batch is versioned,
+    `behind()` before the applier versions a local write it found unversioned."""
 
     def __init__(
         self,
