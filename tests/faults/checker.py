@@ -9,9 +9,9 @@ classified failure window explains; what a window explains is counted and report
   superseded (for a key one region writes: its last acknowledged write, or a later one
   whose outcome is unknown). Superseded by a write lost inside a data-loss window of its
   region (a Redis killed, restarted empty or from an older RDB, `window_s` before the kill
-  and while its region's shipping was impaired), or made within `window_s` after its Redis
-  came back from a copy (its own AOF, an older RDB), before its daemon captured again:
-  counted as lost, not a violation. A key
+  and while its region's shipping was impaired), or made while its Redis was coming back
+  from a copy (its own AOF, an older RDB) or within `window_s` after, before its daemon
+  captured again: counted as lost, not a violation. A key
   present whose superseding write was a delete: resurrected.
 - application: through the failover client no read returns a value older than one the
   same client read before, nor older than (or missing instead of) a write acknowledged more
@@ -95,11 +95,14 @@ class Windows:
             # Written to a Redis restarted from a copy before its daemon captured again:
             # the sweep finds it unversioned like the copy's own old writes and dates it
             # by the copy's stamp, so it loses to what the region shipped after the copy.
+            # From the fault's start: a write acknowledged while it lasted was taken by the
+            # restarted Redis (it answers before the nemesis records the heal, which waits
+            # for its first AOF).
             if (
                 fault.kind in RESTORED_KINDS
                 and fault.target in self.where(op)
                 and fault.end
-                and fault.end <= op.start <= fault.end + self.window_s
+                and fault.start <= op.start <= fault.end + self.window_s
             ):
                 return fault
         return None

@@ -94,6 +94,9 @@ def test_a_write_to_a_redis_back_from_a_copy_before_capture_is_counted_only_ther
     assert [o.index for o in verdict.lost_in_window] == [1]
     empty = FaultRecord("redis-kill-empty", "eu-west", 25.0, 30.0)
     assert run(ops, {K: ("string", b"a", 0)}, [empty]).violations
+    # Acknowledged while the fault lasted: the restarted Redis took it before the heal.
+    healing = FaultRecord("redis-kill-older-rdb", "eu-west", 28.0, 31.5)
+    assert run(ops, {K: ("string", b"a", 0)}, [healing]).violations == []
     long_ago = FaultRecord("redis-kill-older-rdb", "eu-west", 15.0, 20.0)
     assert run(ops, {K: ("string", b"a", 0)}, [long_ago]).violations
 
