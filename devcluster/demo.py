@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from devcluster.daemons import wait_for
+from devcluster.redis_server import CAPTURE_GUARD
 from devcluster.regions import LocalRegions
 from devcluster.workload import IdempotencyLoad, local_failover_policy
 
@@ -165,12 +166,15 @@ def _scenario(base: Path) -> bool:
     # The client's own log lines say what its listener prints below; keep one of each.
     logging.getLogger("reconciler.client").setLevel(logging.ERROR)
 
-    regions = LocalRegions(base, names=REGIONS)
+    regions = LocalRegions(base, names=REGIONS, redis_config=CAPTURE_GUARD)
     servers, daemons = regions.servers, regions.daemons
     stop = threading.Event()
     cleanup: list[Callable[[], None]] = []
     try:
-        say("starting one Kafka broker (KRaft) and three redis-servers on loopback")
+        say(
+            "starting one Kafka broker (KRaft) and three redis-servers on loopback, each "
+            "refusing writes while its daemon's capture is detached (min-replicas-to-write 1)"
+        )
         regions.start()
         for region in REGIONS:
             say(f"{region:>8}: redis {servers[region].url}, admin {daemons[region].admin_url()}")

@@ -32,6 +32,14 @@ BASE_CONFIG: dict[str, str] = {
     "repl-diskless-sync-delay": "0",
 }
 
+CAPTURE_GUARD: dict[str, str] = {
+    # A region takes no write its daemon would not capture: Redis refuses writes while no
+    # replica acknowledges, and the daemon's capture is that replica (docs/capture.md,
+    # "Refusing writes nothing captures"). The capture acknowledges every second.
+    "min-replicas-to-write": "1",
+    "min-replicas-max-lag": "3",
+}
+
 
 @dataclass(frozen=True)
 class RedisTls:

@@ -6,7 +6,9 @@ Two checks, the same in both shells (which only do the I/O):
   :data:`PROBE_COMMANDS` in one ``MULTI``/``EXEC``, so the ``run_id`` and the record it is
   compared with come from the same instance at the same instant. :func:`outcome_of_replies`
   and :func:`outcome_of_error` turn the result into a :class:`ProbeOutcome` for
-  :meth:`Router.probe_result`.
+  :meth:`Router.probe_result`. A region that answers but refuses writes because no replica
+  acknowledges (``min-replicas-to-write`` while its daemon's capture is detached) fails the
+  probe: no client fails back to it until its daemon captures again.
 * **A new connection** (redis-py's ``redis_connect_func`` hook, after its own handshake):
   ``INFO server`` on that connection; :func:`admit` asks the router whether the instance is
   the one whose data the client trusts, and refuses the connection before any command runs
@@ -22,8 +24,9 @@ the error rate. :class:`Access` says so once, naming what to grant.
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +48,7 @@ __all__ = [
     "outcome_of_error",
     "outcome_of_replies",
     "report_probe",
+    "writes_refused",
 ]
 
 log = logging.getLogger("reconciler.client")
@@ -54,8 +58,11 @@ PROBE_COMMANDS: tuple[tuple[Any, ...], ...] = (
     ("HGETALL", STATUS_KEY),
     ("PTTL", STATUS_KEY),
     ("GET", VERIFIED_KEY),
+    ("INFO", "replication"),
 )
 """Queued in one MULTI on the probe connection; :func:`outcome_of_replies` reads the replies."""
+
+_GOOD_REPLICAS_RE = re.compile(rb"min_slaves_good_slaves:(\d+)")
 
 GRANT = "+info %R~__rr:*"
 """What the client's ACL user needs beyond its application's rights (``ACL SETUSER``)."""
@@ -98,8 +105,36 @@ class Access:
 
 def outcome_of_replies(replies: Sequence[Any]) -> ProbeOutcome:
     """The outcome of a probe whose MULTI answered (replies of :data:`PROBE_COMMANDS`)."""
-    info, fields, pttl, marker = replies
-    return ProbeOutcome(True, reading_of(info, fields, pttl, marker))
+    info, fields, pttl, marker, replication = replies
+    reading = reading_of(info, fields, pttl, marker)
+    if writes_refused(replication):
+        # Reads still answer, but a client sent back here would have its writes refused.
+        return ProbeOutcome(False, reading, REFUSING_WRITES)
+    return ProbeOutcome(True, reading)
+
+
+REFUSING_WRITES = (
+    "the region refuses writes: no replica acknowledges under min-replicas-to-write "
+    "(its daemon's capture is detached)"
+)
+
+
+def writes_refused(info: object) -> bool:
+    """Whether an ``INFO replication`` answer (raw, or redis-py's parsed dict) says the
+    instance refuses writes now: it enforces ``min-replicas-to-write`` and no replica
+    acknowledges in time. Redis shows ``min_slaves_good_slaves`` only when enforcing; a
+    threshold above one replica is not visible in ``INFO``, so only zero counts."""
+    if isinstance(info, Mapping):
+        value = info.get("min_slaves_good_slaves", info.get(b"min_slaves_good_slaves"))
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("ascii", "replace")
+        return value is not None and str(value).strip() == "0"
+    if isinstance(info, str):
+        info = info.encode()
+    if not isinstance(info, bytes | bytearray):
+        return False
+    match = _GOOD_REPLICAS_RE.search(info)
+    return match is not None and int(match.group(1)) == 0
 
 
 def outcome_of_error(exc: BaseException, region: str, access: Access) -> ProbeOutcome:

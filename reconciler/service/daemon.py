@@ -60,7 +60,7 @@ from reconciler.service.regionstate import RegionState, Status
 from reconciler.service.sessions import SessionRunner
 from reconciler.service.shippedfloor import ShippedFloor
 from reconciler.service.state import DaemonState, now_ms
-from replication.backoff import Backoff
+from replication.backoff import Backoff, retrying
 from replication.capture.batch import ChangeSource, Gap
 from replication.capture.notifications import KeyspaceNotificationSource
 from replication.capture.stream import ReplicationStreamSource
@@ -456,6 +456,11 @@ class Daemon:
         log_event(log, REGION_STARTING, region=self.region, peers=",".join(cfg.peers))
         self.admin.bind()  # a port in use fails here, before anything is touched
         stack.callback(self.admin.stop)
+        # The capture attaches first: under min-replicas-to-write (docs/capture.md) Redis
+        # takes no write, ours included, until a replica acknowledges. Its batches wait
+        # for the outbound path; a full resync's RDB is skipped without it.
+        await self.source.start()
+        stack.push_async_callback(self.source.stop)
         backoff = Backoff(base_s=0.5, cap_s=10.0)
         while True:
             try:
@@ -469,7 +474,12 @@ class Daemon:
                 log.warning("kafka not reachable yet (%s); retrying", exc)
                 await backoff.sleep()
         stack.push_async_callback(self._close_conns)
-        for component in (self.versioner, self.applier, self.producer, self.consumer, self.control):
+        for name, redis_part in (("versioner", self.versioner), ("applier", self.applier)):
+            # Loading the function library is a write: refused (NOREPLICAS) until Redis
+            # has put the capture online, a moment after its full resync.
+            await retrying(redis_part.start, what=f"starting the {name}")
+            stack.push_async_callback(redis_part.stop)
+        for component in (self.producer, self.consumer, self.control):
             await component.start()
             stack.push_async_callback(component.stop)
         await self._seed_produced(backoff)
@@ -477,8 +487,6 @@ class Daemon:
         stack.push_async_callback(self.guard.close)
         await self.recovery.start()
         await self.recovery.rebuild_index()
-        await self.source.start()
-        stack.push_async_callback(self.source.stop)
         self.admin.start()
         self.control.on("hb", self.peers.handle, broadcast=True)
         self.control.on("ae.", self.antientropy.handle)

@@ -14,7 +14,9 @@ Two properties per code:
   refuses writes until memory is freed (by expiries, the application, an operator), and a
   daemon that exited would come back to the same wall; it waits instead (its applier gives
   the remote writes it keeps refusing to a gap, repaired once memory is back: see
-  replication.pipeline.inbound). ``READONLY`` is not: a daemon pointed at a replica needs
+  replication.pipeline.inbound). ``NOREPLICAS`` is one too: under ``min-replicas-to-write``
+  (docs/capture.md) a Redis refuses writes until the daemon's capture, an acknowledging
+  replica, is attached again. ``READONLY`` is not: a daemon pointed at a replica needs
   an operator, so it stops and names the error (systemd restarts it).
 * ``unavailable``: the server is in no state to serve commands at all: a failure of the
   region, not of the request. The failover client counts these against the region's health.
@@ -53,6 +55,12 @@ _TABLE = (
     ErrorCode("CLUSTERDOWN", True, True, "the cluster cannot serve this slot now"),
     ErrorCode("READONLY", False, True, "a replica: writes are refused (failed over?)"),
     ErrorCode("OOM", True, True, "maxmemory reached under noeviction: writes are refused"),
+    # min-replicas-to-write: the daemon's capture is an acknowledging replica, so a region
+    # whose daemon is down (or stalled past min-replicas-max-lag) refuses writes that
+    # nothing would capture. The daemon's own writes wait for its capture to attach.
+    ErrorCode(
+        "NOREPLICAS", True, True, "no replica (the daemon's capture) acknowledges: writes refused"
+    ),
     ErrorCode("NOSCRIPT", False, False, "EVALSHA of a script the server does not hold"),
     ErrorCode("NOAUTH", False, False, "authentication required"),
     ErrorCode("WRONGPASS", False, False, "wrong user name or password"),

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
+from devcluster.redis_server import CAPTURE_GUARD
 from devcluster.workload import local_failover_policy
 from reconciler.client import ClientConfig, FailoverClient, RegionConfig
 from tests.faults import badinput
@@ -82,7 +83,7 @@ def run_seed(
     result = SeedResult(seed, duration_s)
     rng = random.Random(f"{seed}:harness")
     history = History()
-    with running_regions(base, kafka, redis_factory) as regions:
+    with running_regions(base, kafka, redis_factory, redis_config=CAPTURE_GUARD) as regions:
         regions.wait_status("consistent", timeout_s=120)
         home = regions.names[0]
         with TcpProxy(regions.servers[home].port, seed=seed) as proxy:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.client.evidence import Finding, Reading, judge, reading_of
+from reconciler.client.probing import REFUSING_WRITES, outcome_of_replies, writes_refused
 from reconciler.status import RegionStatus, encode_status
 
 RUN = "1" * 40
@@ -108,3 +109,34 @@ def test_reading_of_an_undecodable_record_or_an_info_without_run_id() -> None:
     assert judge("eu-west", broken).finding is Finding.UNREADABLE
     no_run_id = reading_of(b"# Server\r\n", {}, -2, b"garbage")
     assert (no_run_id.run_id, no_run_id.verified_run_id) == (None, None)
+
+
+def replication_info(good: int | None) -> bytes:
+    lines = ["# Replication", "role:master", "connected_slaves:1"]
+    if good is not None:  # Redis shows it only while enforcing min-replicas-to-write
+        lines.append(f"min_slaves_good_slaves:{good}")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "refused"),
+    [
+        (replication_info(None), False),  # not enforcing: nothing to tell
+        (replication_info(1), False),
+        (replication_info(0), True),  # enforcing, and the capture does not acknowledge
+        ({"role": "master", "min_slaves_good_slaves": 0}, True),  # redis-py's parsed form
+        ({"role": "master", "min_slaves_good_slaves": 2}, False),
+        ({"role": "master"}, False),
+        (None, False),
+    ],
+)
+def test_a_probe_tells_a_region_that_refuses_writes_for_want_of_its_capture(
+    answer: object, refused: bool
+) -> None:
+    assert writes_refused(answer) is refused
+    outcome = outcome_of_replies([info(RUN), encode_status(record()), 4000, None, answer])
+    # Refusing writes fails the probe (no failback to it), whatever its record says.
+    assert outcome.ok is not refused
+    assert outcome.reading is not None
+    assert outcome.reading.run_id == RUN
+    assert outcome.detail == (REFUSING_WRITES if refused else "")

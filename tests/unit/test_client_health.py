@@ -61,6 +61,7 @@ from reconciler.client.health import (
             ErrorKind.REJECTED,
         ),
         (ResponseError("MASTERDOWN Link with MASTER is down"), True, ErrorKind.REJECTED),
+        (ResponseError("NOREPLICAS Not enough good replicas to write."), True, ErrorKind.REJECTED),
         (
             ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
             True,

@@ -49,7 +49,10 @@ def test_a_server_that_will_serve_soon_is_retried(code: str) -> None:
 def test_the_region_failures_are_the_states_that_cannot_serve() -> None:
     # What the failover client counts against a region's health (before the table it kept
     # this list itself): a request's own errors (WRONGTYPE, NOSCRIPT) are not among them.
-    assert {"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "OOM"} == UNAVAILABLE
+    # NOREPLICAS: a region whose daemon's capture is detached refuses writes (guarded by
+    # min-replicas-to-write); the client leaves it, the daemon's own writes wait.
+    assert {"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "OOM", "NOREPLICAS"} == UNAVAILABLE
+    assert "NOREPLICAS" in RETRIABLE
     assert "NOSCRIPT" in CODES
     assert not CODES["NOSCRIPT"].unavailable
     assert not CODES["NOSCRIPT"].retriable
