@@ -14,7 +14,7 @@ Callers that must do something between the servers and the daemons (load keys, s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -59,12 +59,14 @@ class LocalRegions:
         start_daemons: bool = True,
         daemon_start_s: float = 60.0,
         on_daemon: Callable[[DaemonProcess], None] | None = None,
+        daemon_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """`broker`: a running broker to use (else one of our own is started and stopped);
         `start_server`: how a region's redis-server is started (default: a `RedisServer`
         with `redis_config` under `base`); `overrides` / `region_overrides`: daemon config
         tables merged over the fast local defaults; `redis_user`: the ACL user the daemons
-        connect as; `on_daemon`: called with each daemon before it starts."""
+        connect as; `on_daemon`: called with each daemon before it starts; `daemon_env`:
+        extra environment variables of each region's daemon."""
         self.base = base
         self.names = names
         self.prefix = topic_prefix
@@ -80,6 +82,7 @@ class LocalRegions:
         self._start_daemons = start_daemons
         self._daemon_start_s = daemon_start_s
         self._on_daemon = on_daemon
+        self._daemon_env = daemon_env or {}
         self.servers: dict[str, RedisServer] = {}
         self.daemons: dict[str, DaemonProcess] = {}
 
@@ -139,6 +142,7 @@ class LocalRegions:
                 overrides=merged(self._overrides, self._region_overrides.get(name, {})),
             )
             daemon = DaemonProcess(name, config)
+            daemon.env.update(self._daemon_env.get(name, {}))
             if self._on_daemon is not None:
                 self._on_daemon(daemon)
             self.daemons[name] = daemon

@@ -46,11 +46,11 @@ This module is light on purpose (no daemon code): the failover client imports it
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from replication.clock import wall_ms
 from replication.errors import ReconcilerError
 from replication.model.keys import (
     STATUS_CONSISTENT,
@@ -121,7 +121,7 @@ class RegionStatus:
         run_id: str = "",
     ) -> RegionStatus:
         """A status stamped with the current wall-clock time (``since_ms`` defaults to now)."""
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = wall_ms()
         return cls(
             state=state,
             region=region,

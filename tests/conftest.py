@@ -10,6 +10,7 @@ import redis
 
 from devcluster import KafkaBroker, RedisServer
 from replication.redis.library import library_source
+from tests.faults.harness import broker_listeners
 from tests.regions import Regions, running_regions
 from tests.servers import RedisFactory, stop_all, track
 
@@ -17,7 +18,8 @@ from tests.servers import RedisFactory, stop_all, track
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """One real Kafka broker (KRaft, single node) on a free loopback port, for the session."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    # Listeners the fault suite reaches through a proxy per region (tests.faults.harness).
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), extra_listeners=broker_listeners())
     track(broker)
     broker.start()
     try:

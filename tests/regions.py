@@ -81,6 +81,7 @@ class Regions(LocalRegions):
         daemon_user: str | None = None,
         region_overrides: dict[str, dict[str, Any]] | None = None,
         redis_tls: RedisTls | None = None,
+        daemon_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """`redis_tls`: every redis-server is TLS-only, daemons and test clients connect
         with rediss:// and the client certificate."""
@@ -102,6 +103,7 @@ class Regions(LocalRegions):
             redis_user=daemon_user,
             start_daemons=False,
             on_daemon=track,
+            daemon_env=daemon_env,
         )
         self.kafka = kafka
         self.start_servers()

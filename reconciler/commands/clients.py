@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from reconciler.client.config import KafkaConfig, load_client_config
 from reconciler.client.stream import decode
 from reconciler.configfile import ConfigError
+from replication.clock import wall_ms
 from replication.errors import DecodeError
 from replication.model.keys import clients_topic
 
@@ -180,7 +181,7 @@ def _fmt_ms(value: object) -> str:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 async def _follow(

@@ -27,6 +27,7 @@ from typing import Any
 from reconciler.client.stream import decode
 from reconciler.commands.common import CommandError, add_config_argument, call_daemon, config_from
 from reconciler.service.config import DaemonConfig
+from replication.clock import wall_ms
 from replication.errors import DecodeError
 from replication.model.keys import clients_topic
 
@@ -270,7 +271,7 @@ async def read_clients_stream(config: DaemonConfig, lookback_s: float) -> list[d
         tps = sorted(consumer.assignment())
         if not tps:
             raise CommandError(f"no partitions of {topic} were assigned")
-        since_ms = int(time.time() * 1000 - lookback_s * 1000)
+        since_ms = wall_ms() - int(lookback_s * 1000)
         starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
         ends = await consumer.end_offsets(tps)
         for tp in tps:
@@ -305,9 +306,9 @@ def collect(config: DaemonConfig, args: argparse.Namespace) -> StatusView:
         except Exception as exc:  # noqa: BLE001 - Kafka trouble must not hide the regions
             note = f"unknown: cannot read the clients' stream ({type(exc).__name__}: {exc})"
         else:
-            since_ms = int(time.time() * 1000 - args.clients_lookback_s * 1000)
+            since_ms = wall_ms() - int(args.clients_lookback_s * 1000)
             clients = clients_from(messages, since_ms)
-    view = build_view(status, admin_base_url(config), clients, int(time.time() * 1000))
+    view = build_view(status, admin_base_url(config), clients, wall_ms())
     view.clients_note = note if clients is None else ""
     return view
 

@@ -89,6 +89,7 @@ from reconciler.consistency.modes import SessionMode
 from reconciler.consistency.repair import RepairShipper
 from reconciler.consistency.reports import KeyDecision, RepairReport, ReportStore
 from reconciler.service.config import AntiEntropySection
+from replication.clock import wall_ms
 from replication.errors import DecodeError, ReconcilerError, first_cause
 from replication.model.event import Version
 from replication.model.keys import is_internal, meta_key
@@ -113,7 +114,7 @@ class SessionError(ReconcilerError):
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 def is_live(meta: Meta | None, now: int) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from reconciler.consistency.messages import BadMessageError, bounded_unpack
+from replication.clock import wall_ms
 from replication.model.auth import DOMAIN_CONTROL, AuthError, Keyring, Signature, Signer
 from replication.model.keys import control_topic, is_valid_region_name
 from replication.transport.settings import KafkaSettings
@@ -51,10 +51,6 @@ MAX_AGE_MS = 300_000  # a record older than this (plus the allowed drift) is a r
 _SESSION = re.compile(r"[0-9A-Za-z_-]{0,64}")
 _TYPE = re.compile(r"[a-z][a-z0-9._-]{0,31}")
 _PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

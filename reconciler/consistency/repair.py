@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import hiredis
 
+from replication.clock import wall_ms
 from replication.errors import DecodeError, UnsupportedTypeError
 from replication.model.digest import TOMBSTONE_DIGEST
 from replication.model.event import ChangeEvent
@@ -96,7 +97,7 @@ class RepairShipper:
         (reply,) = await conn.pipeline([read_command(keys)])
         if isinstance(reply, hiredis.ReplyError):
             raise RedisCommandError(f"reading keys for repair failed: {reply}", reply)
-        now = time.time_ns() // 1_000_000
+        now = wall_ms()
         events: list[ChangeEvent] = []
         unversioned: list[bytes] = []
         for state in parse_read_reply(keys, reply):

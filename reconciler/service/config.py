@@ -262,6 +262,7 @@ class AuthSection:
 class CaptureSection:
     max_batch_commands: int = setting(2000, ge=1)
     max_in_flight_batches: int = setting(8, ge=1)
+    max_unshipped_events: int = setting(50_000, ge=1)
 
     def __post_init__(self) -> None:
         check_fields(self)

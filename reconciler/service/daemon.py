@@ -209,6 +209,7 @@ class Daemon:
             on_gap=self._on_capture_gap,
             on_flush=self._on_flush,
             max_in_flight=config.capture.max_in_flight_batches,
+            max_unshipped_events=config.capture.max_unshipped_events,
             stall=self.stall,
         )
         self.inbound = Inbound(

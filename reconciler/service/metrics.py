@@ -78,6 +78,11 @@ class DaemonCollector(Collector):
             out.late_batches,
         )
         yield gauge("capture_acked_offset", "Stream offset acknowledged", out.acked_offset)
+        yield gauge(
+            "capture_unshipped_events",
+            "Versioned changes not yet handed to Kafka (grows while Kafka is slow or cut off)",
+            d.outbound.unshipped_events,
+        )
         behind_ms = d.catch_up.lag_ms(now_ms())
         yield gauge(
             "applier_behind_seconds",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -23,6 +22,7 @@ from reconciler.consistency.reports import RepairReport
 from reconciler.consistency.settle import Settler
 from reconciler.service.config import AntiEntropySection
 from reconciler.service.regionstate import RegionState, SessionRequest
+from replication.clock import wall_ms
 from replication.errors import ReconcilerError
 
 __all__ = ["SessionRunner"]
@@ -122,7 +122,7 @@ class SessionRunner:
                 # else: it went away meanwhile; it stays pending, its return triggers it.
             finally:
                 ok = report is not None and report.result == "ok"
-                finished_ms = time.time_ns() // 1_000_000
+                finished_ms = wall_ms()
                 retry = self.state.session_finished(request, ok=ok, at_ms=finished_ms)
                 if ok and request.mode.repairs:
                     self.last_repair_ms = finished_ms

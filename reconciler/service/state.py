@@ -3,17 +3,17 @@ counters. Written by the daemon's parts, read by the admin endpoint, metrics and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from reconciler.service.regionstate import Status
+from replication.clock import wall_ms
 
 __all__ = ["DaemonState", "now_ms"]
 
 
 def now_ms() -> int:
     """Wall-clock milliseconds."""
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 @dataclass

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from replication.clock import wall_ms
 from replication.errors import ReconcilerError
 
 # Gap reasons. A consumer may switch on them; any gap means "schedule anti-entropy".
@@ -47,7 +48,7 @@ GAP_NOTIFICATIONS_DISCONNECT = "notifications-disconnect"
 
 def now_ms() -> int:
     """Wall-clock milliseconds, for :attr:`Gap.at_ms`."""
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 @dataclass(frozen=True, slots=True)

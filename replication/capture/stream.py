@@ -70,6 +70,7 @@ from replication.capture.batch import (
     GAP_FULL_RESYNC,
     GAP_INITIAL,
     CaptureBatch,
+    CaptureConnectionError,
     Gap,
     now_ms,
 )
@@ -407,6 +408,13 @@ class ReplicationStreamSource(CaptureSource[_Delivery, PsyncSession]):
                 async with asyncio.timeout(self.ack_interval_s):
                     await self._ack_wanted.wait()
             self._ack_wanted.clear()
+            link = self._link
+            if link is not None and link.lost:
+                # The reader may be waiting for the consumer (a full channel) and would
+                # not see the loss; the consumer may be waiting for a Redis that refuses
+                # writes until we attach again (min-replicas-to-write). Reconnect now:
+                # what was delivered and not acknowledged is read again.
+                raise CaptureConnectionError("connection lost while the consumer was busy")
             self._send_ack()
 
     def _on_unknown(self, name: bytes, why: str) -> None:

@@ -13,17 +13,14 @@ timestamps with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+
+from replication.clock import wall_ms
 
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 LOGICAL_BITS = 12
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 MAX_TIMESTAMP = (1 << 53) - 1
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def pack(physical_ms: int, logical: int = 0) -> int:

@@ -7,12 +7,12 @@ caller versions those keys (so the local write is shipped, never lost) and appli
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import hiredis
 
+from replication.clock import wall_ms
 from replication.errors import DecodeError
 from replication.model.conflicts import ConflictRecord
 from replication.model.event import ChangeEvent, Version
@@ -135,7 +135,7 @@ class Applier:
         if any(is_missing_function(r) for r in replies):
             await ensure_library(conn)
             replies = await conn.pipeline(commands)
-        now = time.time_ns() // 1_000_000
+        now = wall_ms()
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, hiredis.ReplyError):
                 if is_retriable(reply):

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 
 from replication.backoff import Backoff, retrying
 from replication.capture.batch import Gap
+from replication.clock import wall_ms
 from replication.latency import PEER_STAGES, StageLatency
 from replication.model.event import ChangeEvent
 from replication.model.wire import pack_event
@@ -193,7 +194,7 @@ class Inbound:
         if not item.produced_ms or not item.consumed_at:
             return
         n = len(item.batch.events)
-        now_wall_ms = time.time_ns() / 1e6
+        now_wall_ms = float(wall_ms())
         consumed_wall_ms = now_wall_ms - (time.monotonic() - item.consumed_at) * 1000
         lat = self.latency
         lat.observe("produced_to_consumed", (consumed_wall_ms - item.produced_ms) / 1000, n)
@@ -292,7 +293,7 @@ class Inbound:
                 Gap(
                     GAP_REASON,
                     "remote events given up while redis refused writes",
-                    time.time_ns() // 1_000_000,
+                    wall_ms(),
                 )
             )
 
@@ -309,7 +310,7 @@ class Inbound:
             return
         self._degraded = True
         log.error("%s", detail)
-        await self.on_gap(Gap(GAP_REASON, detail, time.time_ns() // 1_000_000))
+        await self.on_gap(Gap(GAP_REASON, detail, wall_ms()))
 
     async def _pause(self, delay_s: float) -> None:
         """Sleep before a retry; a stop cuts it short and leaves the poll uncommitted."""

@@ -1,10 +1,15 @@
 """Outbound: the region's change stream, versioned, shipped to Kafka, then acknowledged.
 
-    source.batches() -> publisher.publish() -> (Kafka acks) -> source.ack()
+    source.batches() -> publisher.version() -> publisher.send() -> (Kafka acks) -> source.ack()
+    `------------ reader -------------'   `-- shipper --'       `------ acker ------'
 
-Up to `max_in_flight` batches may be waiting for Kafka while the next ones are versioned;
-acknowledgements go back to the source strictly in stream order, and only once Kafka has
-every record of the batch and of all batches before it.
+Three tasks, so that a slow or unreachable Kafka never delays the versioning: a write is
+dated by the clock when the capture reads it, not when Kafka takes it (a write held back
+for the seconds of a cut and dated at the heal would beat writes made elsewhere meanwhile:
+the fault suite's `kafka-cut`). Up to `max_unshipped_events` versioned changes may wait for
+the producer (beyond, the reader waits: memory is bounded) and `max_in_flight` batches for
+Kafka's acknowledgement; acknowledgements go back to the source strictly in stream order,
+and only once Kafka has every record of the batch and of all batches before it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from replication.capture.batch import CaptureBatch, ChangeSource, Gap
+from replication.capture.versioner import VersionedChange
 from replication.latency import ORIGIN_STAGES, StageLatency
 from replication.pipeline.publisher import Publisher
 from replication.pipeline.stall import StallWatch
@@ -38,6 +44,13 @@ class OutboundStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Versioned:
+    offset: int | None
+    changes: list[VersionedChange]
+    versioned_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class _InFlight:
     offset: int | None
     shipment: Shipment | None
@@ -55,6 +68,7 @@ class Outbound:
         on_gap: Callable[[Gap], Awaitable[None]],
         on_flush: Callable[[frozenset[int]], Awaitable[None]],
         max_in_flight: int = 8,
+        max_unshipped_events: int = 50_000,
         stall: StallWatch | None = None,
     ) -> None:
         self.source = source
@@ -66,6 +80,12 @@ class Outbound:
         self.latency = StageLatency.of(ORIGIN_STAGES)
         # (end offset, shipment, versioned at) per batch in stream order; None marks the end.
         self._in_flight: asyncio.Queue[_InFlight | None] = asyncio.Queue(max_in_flight)
+        # Versioned, not yet handed to the producer; bounded by events, not batches (a
+        # batch read during a cut may hold thousands).
+        self._unshipped: asyncio.Queue[_Versioned | None] = asyncio.Queue()
+        self.max_unshipped_events = max_unshipped_events
+        self.unshipped_events = 0
+        self._room = asyncio.Event()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -75,13 +95,16 @@ class Outbound:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             acker = group.create_task(self._ack())
+            shipper = group.create_task(self._ship())
             ticker = group.create_task(self.stall.run()) if self.stall is not None else None
             try:
                 await self._read()
             finally:
                 if ticker is not None:
                     ticker.cancel()
-            await self._in_flight.put(None)  # the acker finishes what is queued, then returns
+            # The shipper hands on what is queued, then the acker finishes it; both return.
+            await self._unshipped.put(None)
+            await shipper
             await acker
 
     async def _read(self) -> None:
@@ -114,7 +137,7 @@ class Outbound:
             if self.stall is not None:
                 self.stall.forget()
             await self.on_gap(batch.gap)
-        shipment = None
+        changes: list[VersionedChange] = []
         versioned = 0.0
         if batch.keys:
             # Written while this process was stopped: dated like a replayed write, not by
@@ -124,11 +147,10 @@ class Outbound:
                 self.stats.late_batches += 1
             # The same batch is retried while Redis is unreachable: skipping it would lose
             # its writes (the stream moves on; its offset would be acknowledged).
-            published = await self.publisher.publish(
+            report = await self.publisher.version(
                 batch.keys, replay=batch.replay or late, retry="versioning a capture batch"
             )
-            report = published.report
-            shipment = published.shipment
+            changes = report.changes
             self.stats.reshipped += report.reshipped
             self.stats.echoes += report.echoes
             self.stats.unsupported += len(report.unsupported)
@@ -139,7 +161,26 @@ class Outbound:
             )
         self.stats.batches += 1
         self.stats.commands += batch.commands
-        await self._in_flight.put(_InFlight(batch.end_offset, shipment, versioned))
+        await self._reserve(len(changes))
+        self._unshipped.put_nowait(_Versioned(batch.end_offset, changes, versioned))
+
+    async def _reserve(self, events: int) -> None:
+        """Wait until `events` more fit under `max_unshipped_events` (a batch larger than
+        the bound passes alone), then count them."""
+        while self.unshipped_events and (
+            self.unshipped_events + events > self.max_unshipped_events
+        ):
+            self._room.clear()
+            await self._room.wait()
+        self.unshipped_events += events
+
+    async def _ship(self) -> None:
+        while (item := await self._unshipped.get()) is not None:
+            shipment = await self.publisher.send(item.changes)
+            self.unshipped_events -= len(item.changes)
+            self._room.set()
+            await self._in_flight.put(_InFlight(item.offset, shipment, item.versioned_at))
+        await self._in_flight.put(None)  # the acker finishes what is queued, then returns
 
     async def _ack(self) -> None:
         while (item := await self._in_flight.get()) is not None:

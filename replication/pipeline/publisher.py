@@ -1,6 +1,7 @@
 """The publisher: the one owner of shipping a local change.
 
     keys -> versioner.version() -> index.update() -> producer.ship() -> (Kafka acks)
+            `------------ version() ------------'   `-- send() --'
 
 Every path that finds a local write goes through it: the capture stream (`outbound`), keys
 the applier deferred (`inbound`), keys a repair found unversioned (`repair`) and the sweep
@@ -66,20 +67,43 @@ class Publisher:
         Without, the error propagates. Only the versioning is retried: once the index has
         been told, the change is shipped exactly once from here.
         """
+        report = await self.version(keys, replay=replay, retry=retry)
+        return Publication(report, await self.send(report.changes))
+
+    async def version(
+        self,
+        keys: Mapping[int, Iterable[bytes]],
+        *,
+        replay: bool = False,
+        retry: str | None = None,
+    ) -> VersionReport:
+        """Version the touched `keys` and record what changed in the index, without
+        shipping it yet: the caller hands `report.changes` to :meth:`send`, in order. The
+        capture stream does that from another task, so that its writes are versioned (and
+        dated) as they arrive while Kafka is slow or cut off."""
         if retry is None:
             report = await self.versioner.version(keys, replay=replay)
         else:
             report = await retrying(lambda: self.versioner.version(keys, replay=replay), what=retry)
-        return Publication(report, await self.ship(report.changes))
+        self.record(report.changes)
+        return report
 
-    async def ship(self, changes: list[VersionedChange]) -> Shipment | None:
-        """Record versioned changes in the index and hand them to Kafka."""
-        if not changes:
-            return None
+    def record(self, changes: Iterable[VersionedChange]) -> None:
+        """Tell the index of versioned changes (before they are handed to Kafka)."""
         for change in changes:
             event = change.event
             self.index.update(event.db, event.key, change.previous_digest, event.digest)
+
+    async def send(self, changes: list[VersionedChange]) -> Shipment | None:
+        """Hand changes the index was told of to Kafka (None if there are none)."""
+        if not changes:
+            return None
         return await self.producer.ship([c.event for c in changes])
+
+    async def ship(self, changes: list[VersionedChange]) -> Shipment | None:
+        """Record versioned changes in the index and hand them to Kafka."""
+        self.record(changes)
+        return await self.send(changes)
 
     async def sweep(self, db: int, *, late_floor_ms: int | None = None) -> int:
         """Version every key and metadata entry of `db` (after a gap) and ship what the

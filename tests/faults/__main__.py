@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from devcluster import KafkaBroker
-from tests.faults.harness import run_seed
+from tests.faults.harness import broker_listeners, run_seed
 from tests.servers import RedisFactory, stop_all, track
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must be >= 1 and --minutes in (0, 1440]")
     base = args.dir or Path(tempfile.mkdtemp(prefix="faults-"))
     failed: list[int] = []
-    broker = KafkaBroker(base / "kafka")
+    broker = KafkaBroker(base / "kafka", extra_listeners=broker_listeners())
     track(broker)
     broker.start()
     try:

@@ -11,8 +11,10 @@ classified failure window explains; what a window explains is counted and report
   region (a Redis killed, restarted empty or from an older RDB, `window_s` before the kill
   and while its region's shipping was impaired), or made while its Redis was coming back
   from a copy (its own AOF, an older RDB) or within `window_s` after, before its daemon
-  captured again: counted as lost, not a violation. A key
-  present whose superseding write was a delete: resurrected.
+  captured again, or a delete its region answered 0 to (it deleted nothing) while the
+  region was without its data (from such a fault until `after_s` after it healed): counted
+  as lost, not a violation. A key present whose superseding write was a delete:
+  resurrected.
 - application: through the failover client no read returns a value older than one the
   same client read before, nor older than (or missing instead of) a write acknowledged more
   than `window_s` before, except when that write was in flight inside a failure window of
@@ -103,6 +105,18 @@ class Windows:
                 and fault.target in self.where(op)
                 and fault.end
                 and fault.start <= op.start <= fault.end + self.window_s
+            ):
+                return fault
+            # A delete its region answered 0 to while it was without its data (restarted
+            # without it, not repaired yet): it deleted nothing, so nothing was captured,
+            # and the repair brings back what the peers hold. The failure took the delete;
+            # the failover client never sends one there (the region is not `consistent`).
+            if (
+                fault.kind in DATA_LOSS_KINDS
+                and op.kind == "del"
+                and op.result == 0
+                and fault.target in self.where(op)
+                and fault.start <= op.start <= (fault.end or op.start) + self.after_s
             ):
                 return fault
         return None

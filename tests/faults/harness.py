@@ -5,18 +5,23 @@ consistent and the regions hold the same data, then check the history."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from devcluster import KafkaBroker
+from devcluster import KafkaBroker, free_port
 from devcluster.daemons import wait_for
 from devcluster.redis_server import CAPTURE_GUARD
+from devcluster.regions import REGIONS
 from devcluster.workload import local_failover_policy
 from reconciler.client import ClientConfig, FailoverClient, RegionConfig
+from replication.clock import FAKE_OFFSET_ENV
 from tests.faults import badinput
 from tests.faults.checker import Verdict, Violation, check
 from tests.faults.history import History
@@ -35,6 +40,36 @@ WINDOW_S = 5.0
 # How long after a fault healed a region's backlog may still be arriving elsewhere.
 AFTER_S = 15.0
 HEAL_TIMEOUT_S = 180.0
+# The broker listeners through which each region's daemon reaches Kafka (via a proxy that
+# the nemesis cuts: `kafka-cut`, `kafka-blackhole`), by the region's position.
+LISTENER_PREFIX = "REGION"
+
+
+def broker_listeners(regions: int = 3) -> dict[str, tuple[int, int]]:
+    """`KafkaBroker(extra_listeners=...)` for the fault suite: per region a listener port
+    and the port it is advertised at, where that region's proxy listens."""
+    return {f"{LISTENER_PREFIX}{i}": (free_port(), free_port()) for i in range(regions)}
+
+
+@contextmanager
+def kafka_links(
+    kafka: KafkaBroker, names: tuple[str, ...], seed: int
+) -> Iterator[dict[str, TcpProxy]]:
+    """Per region a proxy from its listener's advertised port to the listener: every
+    connection of that region's daemon to the broker goes through it (metadata answers
+    name the advertised address)."""
+    ports = [kafka.extra_listeners.get(f"{LISTENER_PREFIX}{i}") for i in range(len(names))]
+    if None in ports:
+        raise ValueError(
+            "the fault suite's broker needs a listener per region: "
+            "KafkaBroker(..., extra_listeners=broker_listeners())"
+        )
+    with contextlib.ExitStack() as stack:
+        links = {
+            name: stack.enter_context(TcpProxy(port, listen_port=advertised, seed=seed + i))
+            for i, (name, (port, advertised)) in enumerate(zip(names, ports, strict=True))
+        }
+        yield links
 
 
 @dataclass
@@ -83,7 +118,25 @@ def run_seed(
     result = SeedResult(seed, duration_s)
     rng = random.Random(f"{seed}:harness")
     history = History()
-    with running_regions(base, kafka, redis_factory, redis_config=CAPTURE_GUARD) as regions:
+    names = REGIONS
+    clocks = {n: base / "clock" / f"{n}.offset" for n in names}
+    for path in clocks.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("0\n")
+    with (
+        kafka_links(kafka, names, seed) as links,
+        running_regions(
+            base,
+            kafka,
+            redis_factory,
+            names=names,
+            redis_config=CAPTURE_GUARD,
+            daemon_env={n: {FAKE_OFFSET_ENV: str(clocks[n])} for n in names},
+            region_overrides={
+                n: {"kafka": {"bootstrap_servers": f"127.0.0.1:{links[n].port}"}} for n in names
+            },
+        ) as regions,
+    ):
         regions.wait_status("consistent", timeout_s=120)
         home = regions.names[0]
         with TcpProxy(regions.servers[home].port, seed=seed) as proxy:
@@ -99,7 +152,15 @@ def run_seed(
                 ports = {n: s.port for n, s in regions.servers.items()}
                 workload = Workload(ports, client, history, seed=seed, duration_s=duration_s)
                 nemesis = Nemesis(
-                    regions, kafka, proxy, home, seed=seed, backups=base / "backups", kinds=kinds
+                    regions,
+                    kafka,
+                    proxy,
+                    home,
+                    seed=seed,
+                    backups=base / "backups",
+                    kinds=kinds,
+                    kafka_links=links,
+                    clock_files=clocks,
                 )
                 workload.start()
                 try:

@@ -7,7 +7,11 @@ Kinds (a target carries one fault at a time, at most `max_concurrent` at once):
 (SIGKILL the region's Redis, restart it with its data, empty, or from an RDB taken earlier
 in the run), ``broker-pause`` (SIGSTOP the Kafka broker), ``client-cut`` / ``client-blackhole``
 (the application's path to its home region resets / swallows everything) and
-``client-slow`` (added latency on that path).
+``client-slow`` (added latency on that path), ``kafka-cut`` / ``kafka-blackhole`` (the
+region's daemon's path to the broker, a proxy in front of its own listener, resets /
+swallows everything: the region keeps taking writes and cannot ship or apply),
+``clock-skew`` (the region's daemon's wall clock runs 1 to 5 s ahead or behind, through
+the fake offset of replication/clock.py; the Redis keeps the host's clock).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ KINDS = (
     "client-cut",
     "client-blackhole",
     "client-slow",
+    "kafka-cut",
+    "kafka-blackhole",
+    "clock-skew",
 )
 # Faults after which writes acknowledged shortly before may be gone from their region.
 DATA_LOSS_KINDS = ("redis-kill-data", "redis-kill-empty", "redis-kill-older-rdb")
@@ -39,7 +46,16 @@ DATA_LOSS_KINDS = ("redis-kill-data", "redis-kill-empty", "redis-kill-older-rdb"
 # again, what the Redis takes has no date the daemon can know (docs/capture.md).
 RESTORED_KINDS = ("redis-kill-data", "redis-kill-older-rdb")
 # Faults during which a region's writes do not reach the others.
-SHIPPING_KINDS = ("daemon-kill9", "daemon-pause", "broker-pause", *DATA_LOSS_KINDS)
+SHIPPING_KINDS = (
+    "daemon-kill9",
+    "daemon-pause",
+    "broker-pause",
+    "kafka-cut",
+    "kafka-blackhole",
+    *DATA_LOSS_KINDS,
+)
+# Faults on one region's own resources (its daemon, its Redis, its path to Kafka).
+REGION_KINDS = ("daemon", "redis", "kafka", "clock")
 
 
 @dataclass
@@ -48,10 +64,14 @@ class FaultRecord:
     target: str  # a region, "broker" or "client"
     start: float  # monotonic: the fault began
     end: float = 0.0  # monotonic: healed (process answering again / proxy clean)
-    detail: str = ""
+    detail: str = ""  # what the fault occupies ("redis:eu-west"): one fault at a time
+    note: str = ""  # how (a clock skew's size)
 
     def describe(self) -> str:
-        return f"{self.kind}({self.target}) [{self.start:.3f}..{self.end:.3f}] {self.detail}"
+        return (
+            f"{self.kind}({self.target}) [{self.start:.3f}..{self.end:.3f}] {self.detail}"
+            f"{' ' + self.note if self.note else ''}"
+        )
 
 
 @dataclass
@@ -85,6 +105,8 @@ class Nemesis(threading.Thread):
         seed: int,
         backups: Path,
         kinds: tuple[str, ...] = KINDS,
+        kafka_links: dict[str, TcpProxy] | None = None,
+        clock_files: dict[str, Path] | None = None,
         max_concurrent: int = 2,
         gap_s: tuple[float, float] = (0.5, 2.5),
         length_s: tuple[float, float] = (2.0, 7.0),
@@ -97,6 +119,14 @@ class Nemesis(threading.Thread):
         self.rng = random.Random(f"{seed}:nemesis")
         self.backups = backups
         self.kinds = kinds
+        self.kafka_links = kafka_links or {}
+        self.clock_files = clock_files or {}
+        if "clock-skew" in kinds and set(self.clock_files) != set(regions.names):
+            raise ValueError("clock-skew needs a fake clock offset file per region's daemon")
+        if any(k.startswith("kafka-") for k in kinds) and set(self.kafka_links) != set(
+            regions.names
+        ):
+            raise ValueError("kafka-cut and kafka-blackhole need a Kafka proxy per region")
         self.max_concurrent = max_concurrent
         self.gap_s = gap_s
         self.length_s = length_s
@@ -142,7 +172,7 @@ class Nemesis(threading.Thread):
     def _targets(self, kind: str) -> list[str]:
         """Where `kind` can run now (a target carries one fault at a time)."""
         busy = self._busy()
-        if kind.startswith(("daemon", "redis")):
+        if kind.startswith(REGION_KINDS):
             return [r for r in self.regions.names if f"{kind[:5]}:{r}" not in busy]
         target = "broker" if kind == "broker-pause" else "client"
         return [] if target in busy else [target]
@@ -163,7 +193,7 @@ class Nemesis(threading.Thread):
         target = self.rng.choice(targets)
         length = self.rng.uniform(*self.length_s)
         record = FaultRecord(kind, target, time.monotonic())
-        record.detail = f"{kind[:5]}:{target}" if kind.startswith(("daemon", "redis")) else target
+        record.detail = f"{kind[:5]}:{target}" if kind.startswith(REGION_KINDS) else target
         self._start(record)
         self._active.append(_Active(record, time.monotonic() + length))
         self.log.faults.append(record)
@@ -185,6 +215,16 @@ class Nemesis(threading.Thread):
             self.proxy.reset_all()  # connections already open join the black hole
         elif kind == "client-slow":
             self.proxy.set_fault(Fault.delay(self.rng.uniform(50, 400)))
+        elif kind == "clock-skew":
+            skew_ms = self.rng.choice((-1, 1)) * self.rng.randrange(1_000, 5_001)
+            self.clock_files[target].write_text(f"{skew_ms}\n")
+            record.note = f"{skew_ms:+d}ms"
+        elif kind == "kafka-cut":
+            self.kafka_links[target].set_fault(Fault.cut_off())
+        elif kind == "kafka-blackhole":
+            link = self.kafka_links[target]
+            link.set_fault(Fault.blackhole())
+            link.reset_all()  # open connections join the black hole
 
     def _heal(self, active: _Active) -> None:
         self._active.remove(active)
@@ -193,7 +233,7 @@ class Nemesis(threading.Thread):
         if kind == "daemon-kill9":
             # A daemon reports healthy only once it reaches its Redis and the broker: heal
             # those first (start() would otherwise wait for them to its timeout).
-            needs = (f"redis:{target}", "broker")
+            needs = (f"redis:{target}", f"kafka:{target}", "broker")
             for other in [a for a in self._active if a.record.detail in needs]:
                 self._heal(other)
             self.regions.daemons[target].start(wait_s=120)
@@ -210,6 +250,16 @@ class Nemesis(threading.Thread):
             self.regions.servers[target].restart(from_snapshot=self._snapshots[target])
         elif kind == "broker-pause":
             self.kafka.resume()
+        elif kind == "clock-skew":
+            self.clock_files[target].write_text("0\n")
+        elif kind.startswith("kafka-"):
+            link = self.kafka_links[target]
+            link.set_fault(Fault.none())
+            if kind == "kafka-blackhole":
+                # The proxy dropped what it swallowed, which a real partition does not do
+                # (TCP delivers it once the link is back): those connections are broken
+                # streams that only a client timeout would end. Reset them.
+                link.reset_all()
         else:
             self.proxy.set_fault(Fault.none())
         record.end = time.monotonic()

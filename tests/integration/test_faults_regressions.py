@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
 from replication.model.keys import SHIPPED_KEY
-from tests.regions import Regions, key_state, metric
+from tests.faults.harness import kafka_links
+from tests.regions import Regions, key_state, metric, running_regions
+from tests.servers import RedisFactory
+from tests.tcpproxy import Fault
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +103,45 @@ def test_no_lost_winner_when_a_paused_daemon_resumes(regions: Regions) -> None:
     values = {name: c.get("pay:2") for name, c in regions.clients.items()}
     assert values == dict.fromkeys(regions.clients, b"west")
     assert metric(daemon.metrics(), "reconciler_capture_late_batches_total") >= 1
+
+
+def test_no_lost_winner_when_a_region_cut_off_from_kafka_ships_after_the_heal(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """Fault suite CI seed 202 (`no-lost-winner`, `kafka-cut`): us-east's daemon was cut off
+    from Kafka while its Redis kept taking writes. Its producer's buffer filled, the
+    capture waited on it, and the writes it read after the heal were dated by the clock at
+    the heal: a write made before a later one of the same key on eu-west won everywhere
+    (the failover client read its newer write, then the older). The capture versions what
+    it reads at once now, whatever Kafka does."""
+    names = ("eu-west", "us-east")
+    with (
+        kafka_links(kafka, names, seed=5) as links,
+        running_regions(
+            tmp_path,
+            kafka,
+            redis_factory,
+            names=names,
+            region_overrides={
+                n: {"kafka": {"bootstrap_servers": f"127.0.0.1:{links[n].port}"}} for n in names
+            },
+        ) as regions,
+    ):
+        east, west = regions.clients["us-east"], regions.clients["eu-west"]
+        regions.wait_status("consistent", 60)
+        links["us-east"].set_fault(Fault.cut_off())
+        try:
+            # More than the producer holds per partition while nothing reaches the broker.
+            filler = east.pipeline(transaction=False)
+            for i in range(4_000):
+                filler.set(f"fill:{i}", "x" * 200)
+            filler.execute()
+            east.set("pay:3", "east")  # during the cut
+            time.sleep(0.5)
+            west.set("pay:3", "west")  # later, on eu-west
+            time.sleep(2.0)
+        finally:
+            links["us-east"].set_fault(Fault.none())
+        regions.wait_converged(90)
+        values = {name: c.get("pay:3") for name, c in regions.clients.items()}
+        assert values == dict.fromkeys(regions.clients, b"west")

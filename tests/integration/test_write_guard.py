@@ -7,6 +7,8 @@ away and do not come back until the region captures again."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +144,40 @@ def test_failover_client_leaves_a_region_refusing_writes_and_returns_once_it_cap
     for name, c in regions.clients.items():
         held = {k: c.get(k) for k in acked}
         assert held == {k: v.encode() for k, v in acked.items()}, name
+
+
+def test_a_guarded_region_recovers_when_its_redis_dies_under_a_write_burst(
+    guarded: Regions,
+) -> None:
+    """Fault suite soak seed 5 (`converges`): the Redis died while the capture had batches
+    waiting for the versioner. Its reader waited for the consumer and never saw the lost
+    connection; the versioner retried against the restarted Redis, which refused every
+    write (no replica acknowledged): stuck `recovering` for good. The capture notices a
+    lost connection from its ACK timer now and attaches again."""
+    regions = guarded
+    west = regions.clients["eu-west"]
+    regions.wait_status("consistent", 60)
+    stop = threading.Event()
+
+    def burst() -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            with contextlib.suppress(redis.RedisError):
+                pipe = west.pipeline(transaction=False)
+                for j in range(50):
+                    pipe.set(f"burst:{i}:{j}", "x" * 100)
+                pipe.execute()
+            i += 1
+
+    writer = threading.Thread(target=burst, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        regions.servers["eu-west"].kill9()
+        regions.servers["eu-west"].start()  # with its data
+    finally:
+        stop.set()
+        writer.join(30)
+    wait_for(lambda: not refuses_writes(west), 60, "eu-west to take writes again")
+    regions.wait_status("consistent", 90)
+    regions.wait_converged(60)

@@ -101,6 +101,25 @@ def test_a_write_to_a_redis_back_from_a_copy_before_capture_is_counted_only_ther
     assert run(ops, {K: ("string", b"a", 0)}, [long_ago]).violations
 
 
+def test_a_delete_that_found_nothing_after_a_data_loss_is_counted_only_then() -> None:
+    """A Redis back without its data answers a delete of a key it lost with 0: nothing is
+    captured, and the repair brings the key back. Counted as lost when the region had just
+    lost its data; a resurrection otherwise, or when the delete removed something."""
+    ops = [write(0, "eu-west", K, ("string", b"a", None), 1), write(1, "eu-west", K, None, 28)]
+    ops[1].kind, ops[1].result = "del", 0
+    kill = FaultRecord("redis-kill-empty", "eu-west", 20.0, 24.0)
+    verdict = run(ops, {K: ("string", b"a", 0)}, [kill])
+    assert verdict.violations == []
+    assert [o.index for o in verdict.lost_in_window] == [1]
+    assert [v.invariant for v in run(ops, {K: ("string", b"a", 0)}).violations] == [
+        "no-resurrection"
+    ]
+    ops[1].result = 1  # it deleted the key: the delete must stay
+    assert [v.invariant for v in run(ops, {K: ("string", b"a", 0)}, [kill]).violations] == [
+        "no-resurrection"
+    ]
+
+
 def test_an_expired_relative_expiry_allows_the_key_gone() -> None:
     ops = [write(0, "eu-west", K, ("string", b"a", ("rel", 2_000)), 1)]
     assert run(ops, {}).violations == []
