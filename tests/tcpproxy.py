@@ -289,9 +289,17 @@ class TcpProxy:
             await self._pump(pair, reader, up_reader, up_writer)
         finally:
             self._pairs.discard(pair)
-            await self._close(writer)
-            if pair.server is not None:
-                await self._close(pair.server)
+            writers = [w for w in (writer, pair.server) if w is not None]
+            try:
+                for each in writers:
+                    await self._close(each)
+            except asyncio.CancelledError:
+                # Cancelled by the shutdown while closing: the other side would be left
+                # open, its socket unclosed when the loop goes (a ResourceWarning failing a
+                # later test). Abort both.
+                for each in writers:
+                    each.transport.abort()
+                raise
 
     async def _pump(
         self,

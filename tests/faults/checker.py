@@ -11,8 +11,10 @@ classified failure window explains; what a window explains is counted and report
   region (a Redis killed, restarted empty or from an older RDB, `window_s` before the kill
   and while its region's shipping was impaired), or made while its Redis was coming back
   from a copy (its own AOF, an older RDB) or within `window_s` after, before its daemon
-  captured again, or a delete its region answered 0 to (it deleted nothing) while the
-  region was without its data (from such a fault until `after_s` after it healed): counted
+  captured again, or made while its region's daemon was paused (dated from the pause's
+  start, it may lose to a write made elsewhere meanwhile), or a delete its region answered
+  0 to (it deleted nothing) while the region was without its data (from such a fault until
+  `after_s` after it healed): counted
   as lost, not a violation. A key present whose superseding write was a delete:
   resurrected.
 - application: through the failover client no read returns a value older than one the
@@ -82,8 +84,8 @@ class Windows:
             f for f in self.faults if f.kind in SHIPPING_KINDS and f.target in (region, "broker")
         ]
 
-    def loss(self, op: Op) -> FaultRecord | None:
-        """The data-loss fault that may have taken `op` with it, if any."""
+    def loss(self, op: Op, key: bytes | None = None) -> FaultRecord | None:
+        """The data-loss fault that may have taken `op` (its effect on `key`) with it."""
         for fault in self.faults:
             if fault.kind not in DATA_LOSS_KINDS or fault.target not in self.where(op):
                 continue
@@ -107,14 +109,24 @@ class Windows:
                 and fault.start <= op.start <= fault.end + self.window_s
             ):
                 return fault
+            # Taken while its region's daemon was stopped (SIGSTOP), before Redis noticed
+            # (min-replicas-max-lag) and refused writes: the daemon finds it when it runs
+            # again and can only date it from the moment it stopped (replication/pipeline
+            # /stall.py), so it may lose to a write made elsewhere in the meantime.
+            if (
+                fault.kind == "daemon-pause"
+                and fault.target in self.where(op)
+                and fault.start <= op.start <= (fault.end or op.start)
+            ):
+                return fault
             # A delete its region answered 0 to while it was without its data (restarted
             # without it, not repaired yet): it deleted nothing, so nothing was captured,
             # and the repair brings back what the peers hold. The failure took the delete;
             # the failover client never sends one there (the region is not `consistent`).
             if (
                 fault.kind in DATA_LOSS_KINDS
-                and op.kind == "del"
-                and op.result == 0
+                and key is not None
+                and deleted_nothing(op, key)
                 and fault.target in self.where(op)
                 and fault.start <= op.start <= (fault.end or op.start) + self.after_s
             ):
@@ -149,6 +161,20 @@ class Windows:
                 ):
                     return fault
         return None
+
+
+def deleted_nothing(op: Op, key: bytes) -> bool:
+    """Whether `op` deleted `key` and Redis answered that there was nothing to delete (a
+    DEL, or a DEL inside a MULTI, whose reply is 0)."""
+    if op.effects.get(key, ()) is not None:
+        return False
+    if op.kind == "del":
+        return bool(op.result == 0)
+    if op.kind == "multi" and isinstance(op.result, list | tuple):
+        replies = list(op.result)
+        index = list(op.effects).index(key)
+        return index < len(replies) and replies[index] == 0
+    return False
 
 
 def _expected_expiry(op: Op, ttl: tuple[str, int] | None) -> tuple[int, int] | None:
@@ -248,11 +274,11 @@ def check_resolution(
         candidates = matching or []
         if state is None and not matching:
             acked = [o for o in ops if o.outcome == ACKED]
-            if all(windows.loss(o) for o in acked):
+            if all(windows.loss(o, key) for o in acked):
                 lost, explained = acked, True
         for candidate in candidates:
             later = superseders(candidate)
-            if all(windows.loss(o) for o in later):
+            if all(windows.loss(o, key) for o in later):
                 lost, explained = later, True
                 break
         if explained:

@@ -180,7 +180,7 @@ class _Writer(threading.Thread):
         except (redis.RedisError, OSError) as exc:
             History.end(op, UNKNOWN, error=type(exc).__name__)
         else:
-            History.end(op, ACKED, result=None if kind == "multi" else result)
+            History.end(op, ACKED, result=result)
 
 
 def _set_ttl(ttl: tuple[str, int] | None) -> dict[str, int]:

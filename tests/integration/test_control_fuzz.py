@@ -173,7 +173,7 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 @pytest.mark.timeout(900)
 @settings(
-    max_examples=90,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
