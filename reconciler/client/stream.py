@@ -34,6 +34,7 @@ from typing import Any
 from reconciler.client.config import KafkaConfig
 from reconciler.client.router import Event, Router, RouterSnapshot
 from replication.backoff import Backoff
+from replication.clock import wall_ms
 from replication.errors import DecodeError
 from replication.model.keys import clients_topic
 
@@ -261,7 +262,7 @@ class MetricsStreamer:
 
     async def _send_snapshot(self, producer: Any) -> None:
         snap = self._router.snapshot()
-        await self._send(producer, snapshot_message(self.client_id, snap, _now_ms()))
+        await self._send(producer, snapshot_message(self.client_id, snap, wall_ms()))
 
     async def _final_flush(self, producer: Any) -> None:
         from aiokafka.errors import KafkaError
@@ -285,10 +286,6 @@ class MetricsStreamer:
             async with asyncio.timeout(seconds):
                 await wake.wait()
         wake.clear()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class StreamThread:

@@ -118,7 +118,7 @@ class ClientTable:
 
     def render(self, now_ms: int | None = None) -> str:
         """The table as text, one line per client, sorted by client id."""
-        now_ms = _now_ms() if now_ms is None else now_ms
+        now_ms = wall_ms() if now_ms is None else now_ms
         header = (
             "CLIENT",
             "HOME",
@@ -180,10 +180,6 @@ def _fmt_ms(value: object) -> str:
     return "-" if not isinstance(value, int | float) else f"{value:.2f}"
 
 
-def _now_ms() -> int:
-    return wall_ms()
-
-
 async def _follow(
     kafka: KafkaConfig, args: argparse.Namespace, table: ClientTable, out: TextIO
 ) -> int:
@@ -218,7 +214,7 @@ async def _follow(
         if not assigned:
             print(f"reconciler clients: no partitions of {topic} were assigned", file=sys.stderr)
             return 1
-        since_ms = _now_ms() - int(args.lookback_s * 1000)
+        since_ms = wall_ms() - int(args.lookback_s * 1000)
         starts = await consumer.offsets_for_times(dict.fromkeys(assigned, since_ms))
         for tp in assigned:
             found = starts.get(tp)

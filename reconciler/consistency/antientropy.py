@@ -113,10 +113,6 @@ class SessionError(ReconcilerError):
     retriable = True
 
 
-def now_ms() -> int:
-    return wall_ms()
-
-
 def is_live(meta: Meta | None, now: int) -> bool:
     return meta is not None and meta.is_live(now)
 
@@ -442,7 +438,7 @@ class AntiEntropy:
         tree = self._tree(request.db)
         slots = [s for s, _ in request.slots]
         entries = await read_slots(await self._conn(request.db), slots)
-        now = now_ms()
+        now = wall_ms()
         out = []
         for slot, n in request.slots:
             self._refresh_leaf(tree, slot, entries[slot])
@@ -455,7 +451,7 @@ class AntiEntropy:
         self._tree(request.db)
         conn = await self._conn(request.db)
         records = await read_slots(conn, [s for s, _, _ in request.want])
-        now = now_ms()
+        now = wall_ms()
         out: dict[bytes, bytes] = {}
         for slot, n, buckets in request.want:
             for key, raw in records[slot].items():
@@ -529,7 +525,7 @@ class AntiEntropy:
         conn = await self._conn(db)
         checked = 0
         bad: list[bytes] = []
-        now = now_ms()
+        now = wall_ms()
         async for keys in user_keys(conn, 500):
             (reply,) = await conn.pipeline([read_command(keys)])
             for state in parse_read_reply(keys, reply):
@@ -655,7 +651,7 @@ class AntiEntropy:
         conn = await self._conn(db)
         mine = await read_slots(conn, slots)
         tree = self.trees[db]
-        now = now_ms()
+        now = wall_ms()
         sizes = {}
         for slot in slots:
             self._refresh_leaf(tree, slot, mine[slot])

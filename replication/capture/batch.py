@@ -46,9 +46,7 @@ GAP_NOTIFICATIONS_DISCONNECT = "notifications-disconnect"
 """The keyspace-notification connection dropped or was (re)established."""
 
 
-def now_ms() -> int:
-    """Wall-clock milliseconds, for :attr:`Gap.at_ms`."""
-    return wall_ms()
+now_ms = wall_ms  # for :attr:`Gap.at_ms`: the daemon's one wall clock (replication.clock)
 
 
 @dataclass(frozen=True, slots=True)
