@@ -19,3 +19,13 @@ def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
         if match and match[1] == name and dict(_LABEL.findall(match[2])) == wanted:
             return float(match[3])
     return 0.0
+
+
+def metric_sum(daemon: DaemonProcess, name: str) -> float:
+    """The sum of every sample of `name`, whatever its labels (0 when none is exported)."""
+    total = 0.0
+    for line in daemon.metrics().splitlines():
+        match = _SAMPLE.fullmatch(line)
+        if match and match[1] == name:
+            total += float(match[3])
+    return total
