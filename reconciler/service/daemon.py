@@ -84,6 +84,9 @@ from replication.transport.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 STOP_DEADLINE_S = 30.0
+# How long a remote write that found a local one unversioned waits for the capture to
+# version it (dated when read) before the inbound versions it itself (dated now).
+DEFERRED_WAIT_S = 2.0
 
 
 class Daemon:
@@ -222,6 +225,7 @@ class Daemon:
             max_records=config.apply.max_records_per_poll,
             transient_retry_s=config.apply.transient_retry_s,
             stall=self.stall,
+            capture_caught_up=self._capture_caught_up,
         )
         # systemd, if under it (the status line is read once the parts exist, below)
         self.notifier = ServiceNotifier(lambda: status_text(self.parts))
@@ -301,6 +305,16 @@ class Daemon:
         # the last moment this region announced every earlier write shipped.
         floor = self.shipped_floor.advance(shipped_through_ms)
         self.versioner.late_floor_ms = floor + 1 if floor else 0
+
+    async def _capture_caught_up(self) -> bool:
+        """Whether the capture versioned, within DEFERRED_WAIT_S, everything Redis has
+        written so far (False at once for a capture without offsets)."""
+        if self.heartbeats.capture_acked() is None:
+            return False
+        offset = await self.heartbeats.master_offset()
+        if offset is None:
+            return False
+        return await self.outbound.versioned_through(offset, DEFERRED_WAIT_S)
 
     def _make_source(self) -> ChangeSource:
         cfg = self.config.redis

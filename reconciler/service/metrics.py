@@ -119,6 +119,11 @@ class DaemonCollector(Collector):
         yield outcomes
         yield self._stages()
         yield counter("apply_deferred", "Applies deferred behind a local write", inb.deferred)
+        yield counter(
+            "apply_deferred_to_capture",
+            "Deferred applies whose local write the capture versioned in time (dated when read)",
+            inb.deferred_to_capture,
+        )
         yield counter("apply_retried", "Event applies retried after a transient error", inb.retried)
         # Alert on this one: a peer whose clock runs ahead, or forged timestamps.
         yield counter(

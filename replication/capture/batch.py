@@ -82,6 +82,9 @@ class CaptureBatch:
     these commands may already have been seen before a crash or restart."""
     created_at: float = field(default_factory=time.monotonic, compare=False)
     """``time.monotonic()`` when the batch was closed: where the lag histograms start."""
+    read_ms: int = field(default_factory=wall_ms, compare=False)
+    """The daemon's wall clock when the batch was closed: its writes were made before it,
+    and it dates them (`Versioner.version`), however long they wait to be versioned."""
 
     @property
     def key_count(self) -> int:

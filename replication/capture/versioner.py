@@ -108,6 +108,7 @@ class Versioner:
         replay: bool = False,
         late: bool = False,
         late_floor_ms: int | None = None,
+        read_ms: int | None = None,
     ) -> VersionReport:
         """Version the touched keys of every db; returns what to ship.
 
@@ -126,7 +127,15 @@ class Versioner:
         resumed) and a delete are dated by the floor, the first to beat this region's own
         earlier versions its lost metadata no longer shows, the second because the
         tombstone GC dates a delete by its clock. `late_floor_ms` replaces the floor for
-        this call (a dataset restored from a copy is dated by the copy's own moment)."""
+        this call (a dataset restored from a copy is dated by the copy's own moment).
+
+        `read_ms` (live writes: when the capture read them) dates the writes by that
+        moment rather than by the clock now: a write read while the daemon was still
+        starting, or queued behind a slow versioning, would otherwise be dated seconds
+        after it was made and beat writes made elsewhere meanwhile (found by the fault
+        suite: writes taken between the capture's attach at a restart and the end of the
+        startup). Above what the clock had observed then (`HybridClock.at`), and never
+        before the floor: this region announced every write before it shipped."""
         report = VersionReport()
         floor_ms = self.late_floor_ms if late_floor_ms is None else late_floor_ms
         if replay:
@@ -136,6 +145,8 @@ class Versioner:
         elif late:
             tick = LATE_TICK
             delete_tick = pack(floor_ms) if floor_ms else self.clock.now()
+        elif read_ms is not None:
+            tick = delete_tick = max(self.clock.at(read_ms), pack(self.late_floor_ms))
         else:
             tick = delete_tick = self.clock.now()
         for db, db_keys in keys.items():

@@ -13,6 +13,8 @@ timestamps with it.
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Callable
 
 from replication.clock import wall_ms
@@ -21,6 +23,8 @@ EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 LOGICAL_BITS = 12
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 MAX_TIMESTAMP = (1 << 53) - 1
+OBSERVED_KEPT = 1024
+"""Observations `HybridClock.at` remembers (one per applied poll): many seconds' worth."""
 
 
 def pack(physical_ms: int, logical: int = 0) -> int:
@@ -62,6 +66,8 @@ class HybridClock:
         self.max_drift_ms = max_drift_ms
         self._last = floor
         self.skew_events = 0
+        # (wall ms, clock after it) of the floor and each observation, for `at`.
+        self._observed: deque[tuple[int, int]] = deque([(0, floor)], maxlen=OBSERVED_KEPT)
 
     @property
     def last(self) -> int:
@@ -74,6 +80,19 @@ class HybridClock:
         self._last = candidate if candidate > self._last else self._last + 1
         return self._last
 
+    def at(self, wall: int) -> int:
+        """A timestamp for a local event that happened at wall-clock ms `wall` (a write the
+        capture read then, versioned later): `wall` itself, but above the floor and every
+        remote timestamp observed before that moment, as `now()` would have been then;
+        never above `now()`, and `now()` if that moment is older than what this clock
+        remembers."""
+        observed = self._observed
+        i = bisect.bisect_right(observed, wall, key=lambda entry: entry[0])
+        now = self.now()  # the cap: a moment before a backward step of the wall clock
+        if i == 0:
+            return now
+        return min(now, max(pack(wall), observed[i - 1][1] + 1))
+
     def ceiling(self) -> int:
         """The largest remote timestamp this clock follows now (see `ceiling()`)."""
         return ceiling(self.max_drift_ms, self._wall())
@@ -85,6 +104,11 @@ class HybridClock:
         if remote > top:
             self.skew_events += 1
             remote = top
-        local_wall = pack(self._wall())
-        self._last = max(local_wall, remote + 1, self._last + 1)
+        wall = self._wall()
+        self._last = max(pack(wall), remote + 1, self._last + 1)
+        if self._observed and wall < self._observed[-1][0]:
+            # The wall clock went back: `at` cannot tell which side of the step a moment
+            # was on, so it forgets what came before (and answers `now()` for it).
+            self._observed.clear()
+        self._observed.append((wall, self._last))
         return self._last

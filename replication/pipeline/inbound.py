@@ -11,10 +11,16 @@ fate never decides another's):
   (`on_gap`: the daemon's recovery repairs them from the peers once Redis takes writes
   again) and the consumer moves on. Until Redis takes a write again, further failures are
   given up to the same gap at once instead of waiting each out.
-- deferred (the key holds a local write the capture has not versioned yet): we version
-  those keys here (shipping the local write, so it is never lost) and apply again, now an
-  ordinary conflict resolved by the rule. A key written so often that a local write lands
-  between every versioning and the next apply is given up after `MAX_DEFER_ROUNDS`:
+- deferred (the key holds a local write the capture has not versioned yet): we wait,
+  briefly, for the capture to version everything Redis has written so far
+  (`capture_caught_up`), so the local write is dated by the moment the capture read it;
+  if it does not catch up in time (or a local write keeps racing), we version those keys
+  here (shipping the local write, so it is never lost). Then we apply again, now an
+  ordinary conflict resolved by the rule. Versioned here, a local write is dated now:
+  seconds late if the capture was behind (a daemon still starting), and it would beat
+  the remote write made meanwhile (the fault suite's monotonic reads). A key written so
+  often that a local write lands between every versioning and the next apply is given up
+  after `MAX_DEFER_ROUNDS`:
   the remote version is *superseded*. That loses nothing: applying it observed its
   timestamp, so every local version made since has a larger one and wins the conflict
   against it in every region anyway. So a hot key never holds up the other keys.
@@ -66,6 +72,7 @@ class InboundStats:
     remote_won: int = 0
     local_won: int = 0
     deferred: int = 0
+    deferred_to_capture: int = 0  # ... of which the capture versioned in time
     rejected: int = 0
     commits: int = 0
     superseded: int = 0  # deferred events given up to the local writes racing them
@@ -90,6 +97,7 @@ class Inbound:
         max_records: int = 500,
         transient_retry_s: float = 30.0,
         stall: StallWatch | None = None,
+        capture_caught_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
@@ -100,6 +108,7 @@ class Inbound:
         self.max_records = max_records
         self.transient_retry_s = transient_retry_s
         self.stall = stall
+        self.capture_caught_up = capture_caught_up
         self.stats = InboundStats()
         self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
@@ -255,6 +264,9 @@ class Inbound:
                 len(deferred),
             )
             return []
+        if rounds == 1 and self.capture_caught_up is not None and await self.capture_caught_up():
+            self.stats.deferred_to_capture += len(deferred)
+            return deferred  # versioned by the capture, dated when it read them
         keys: dict[int, set[bytes]] = {}
         for event in deferred:
             keys.setdefault(event.db, set()).add(event.key)

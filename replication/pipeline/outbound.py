@@ -87,6 +87,10 @@ class Outbound:
         self.unshipped_events = 0
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Stream offset through which every batch is versioned (0: none yet, or a new
+        # replication history after a gap); waited on by `versioned_through`.
+        self.versioned_offset = 0
+        self._progress = asyncio.Condition()
 
     def stop(self) -> None:
         """Ask `run()` to stop reading and drain."""
@@ -137,6 +141,7 @@ class Outbound:
             if self.stall is not None:
                 self.stall.forget()
             await self.on_gap(batch.gap)
+            self.versioned_offset = 0  # offsets of another history
         changes: list[VersionedChange] = []
         versioned = 0.0
         if batch.keys:
@@ -148,7 +153,10 @@ class Outbound:
             # The same batch is retried while Redis is unreachable: skipping it would lose
             # its writes (the stream moves on; its offset would be acknowledged).
             report = await self.publisher.version(
-                batch.keys, replay=batch.replay or late, retry="versioning a capture batch"
+                batch.keys,
+                replay=batch.replay or late,
+                retry="versioning a capture batch",
+                read_ms=batch.read_ms,
             )
             changes = report.changes
             self.stats.reshipped += report.reshipped
@@ -161,8 +169,22 @@ class Outbound:
             )
         self.stats.batches += 1
         self.stats.commands += batch.commands
+        if batch.end_offset is not None:
+            async with self._progress:
+                self.versioned_offset = batch.end_offset
+                self._progress.notify_all()
         await self._reserve(len(changes))
         self._unshipped.put_nowait(_Versioned(batch.end_offset, changes, versioned))
+
+    async def versioned_through(self, offset: int, timeout_s: float) -> bool:
+        """Wait until every batch ending at or before stream offset `offset` is versioned;
+        False if that took longer than `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s), self._progress:
+                await self._progress.wait_for(lambda: self.versioned_offset >= offset)
+        except TimeoutError:
+            return False
+        return True
 
     async def _reserve(self, events: int) -> None:
         """Wait until `events` more fit under `max_unshipped_events` (a batch larger than

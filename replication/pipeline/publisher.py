@@ -14,7 +14,7 @@ reached through `ChangeIndex`, so this layer never imports the consistency layer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,15 +76,18 @@ class Publisher:
         *,
         replay: bool = False,
         retry: str | None = None,
+        read_ms: int | None = None,
     ) -> VersionReport:
         """Version the touched `keys` and record what changed in the index, without
         shipping it yet: the caller hands `report.changes` to :meth:`send`, in order. The
         capture stream does that from another task, so that its writes are versioned (and
-        dated) as they arrive while Kafka is slow or cut off."""
-        if retry is None:
-            report = await self.versioner.version(keys, replay=replay)
-        else:
-            report = await retrying(lambda: self.versioner.version(keys, replay=replay), what=retry)
+        dated) as they arrive while Kafka is slow or cut off. `read_ms`: when the capture
+        read these writes, which dates them (`Versioner.version`)."""
+
+        def version() -> Awaitable[VersionReport]:
+            return self.versioner.version(keys, replay=replay, read_ms=read_ms)
+
+        report = await (version() if retry is None else retrying(version, what=retry))
         self.record(report.changes)
         return report
 

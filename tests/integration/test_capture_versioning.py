@@ -758,3 +758,40 @@ async def test_writes_found_late_are_dated_when_they_can_have_happened_at_the_ea
             pack(floor_ms), now.clock.get_count(REGION) + 1
         )
     await redis.aclose()
+
+
+async def test_monotonic_reads_a_live_write_versioned_late_is_dated_when_the_capture_read_it(
+    primary: RedisServer, tmp_path: Path
+) -> None:
+    """A write the capture read while the daemon was still starting (or queued behind a
+    slow versioning) is dated by the read, not by its versioning seconds later: dated
+    late, it beat a write made elsewhere meanwhile and a client read the older value
+    after the newer one (fault suite, soak seed 3). Never before the moment this region
+    last announced everything shipped."""
+    from replication.model.hlc import pack, physical_ms
+
+    async with Pipeline(primary, tmp_path) as pipeline:
+        await started(pipeline)
+        written_ms = now_ms()
+        await pipeline.redis().set("fc:1", "local")
+        (batch,) = [
+            b for b in await pipeline.take_until(await master_offset(pipeline.redis())) if b.keys
+        ]
+        assert written_ms <= batch.read_ms <= now_ms()
+        await asyncio.sleep(1.5)  # the rest of the startup: nothing versions meanwhile
+        report = await pipeline.versioner.version(batch.keys, read_ms=batch.read_ms)
+        (event,) = [c.event for c in report.changes]
+        assert event.clock.get_count(REGION) == pack(batch.read_ms)
+        assert physical_ms(event.clock.get_count(REGION)) < now_ms() - 1_000
+
+        # Read before the last announced shipping (it cannot have been, but the floor
+        # is what the tombstone GC relies on): dated at the floor.
+        await pipeline.redis().set("fc:1", "again")
+        (again,) = [
+            b for b in await pipeline.take_until(await master_offset(pipeline.redis())) if b.keys
+        ]
+        pipeline.versioner.late_floor_ms = again.read_ms + 500
+        second = await pipeline.versioner.version(again.keys, read_ms=again.read_ms)
+        (later,) = [c.event for c in second.changes]
+        assert later.clock.get_count(REGION) == pack(again.read_ms + 500)
+        assert later.clock.compare(event.clock) is Order.AFTER

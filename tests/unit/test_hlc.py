@@ -3,6 +3,8 @@ clock far in the future moves it only up to the configured drift."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,3 +81,41 @@ def test_more_than_4096_ticks_in_one_millisecond_borrow_the_next() -> None:
 def test_timestamps_fit_in_a_lua_double_until_the_2090s() -> None:
     year_2090 = 3_786_912_000_000
     assert pack(year_2090, 4095) < MAX_TIMESTAMP
+
+
+@given(steps, st.integers(0, 59))
+def test_at_dates_a_moment_above_everything_observed_before_it_and_never_after_now(
+    ops: list[tuple[str, int]], pick: int
+) -> None:
+    """`at(w)` (a write read at w, versioned later) sorts after every remote timestamp the
+    clock had observed by w and after the floor, and is never above what `now()` gives."""
+    wall = FakeWall(BASE)
+    floor = pack(BASE - 1_000)
+    clock = HybridClock(wall=wall, max_drift_ms=1_000, floor=floor)
+    history: list[tuple[int, int]] = []  # (wall at the observation, the remote timestamp)
+    moments: list[int] = []
+    for op, delta in ops:
+        wall.now += abs(delta) // 10 if op == "tick" else delta
+        moments.append(wall.now)
+        if op == "observe":
+            remote = pack(wall.now + delta // 5)
+            clock.observe(remote)
+            history.append((wall.now, min(remote, clock.ceiling())))
+    moment = moments[pick % len(moments)] if moments else BASE
+    stamped = clock.at(moment)
+    assert stamped > floor
+    if all(w <= x for (w, _), (x, _) in itertools.pairwise(history)):
+        # A wall clock that never went back at an observation: `at` knows them all.
+        assert all(stamped > remote for w, remote in history if w <= moment)
+    assert stamped <= clock.now()
+
+
+def test_at_dates_by_the_moment_when_nothing_was_observed_since() -> None:
+    wall = FakeWall(BASE)
+    clock = HybridClock(wall=wall)
+    clock.observe(pack(BASE - 5))
+    wall.now += 3_000  # the write read at BASE + 1 is versioned 3 s later
+    assert clock.at(BASE + 1) == pack(BASE + 1)
+    clock.observe(pack(BASE + 2_000))
+    assert clock.at(BASE + 1) == pack(BASE + 1)  # observed after the moment: not above it
+    assert clock.at(BASE + 3_000) > pack(BASE + 2_000)
