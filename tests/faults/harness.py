@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -70,6 +71,14 @@ def kafka_links(
             for i, (name, (port, advertised)) in enumerate(zip(names, ports, strict=True))
         }
         yield links
+
+
+def through_links(links: dict[str, TcpProxy]) -> dict[str, dict[str, Any]]:
+    """`region_overrides` pointing each region's daemon at its Kafka link's proxy."""
+    return {
+        name: {"kafka": {"bootstrap_servers": f"127.0.0.1:{link.port}"}}
+        for name, link in links.items()
+    }
 
 
 @dataclass
@@ -132,9 +141,7 @@ def run_seed(
             names=names,
             redis_config=CAPTURE_GUARD,
             daemon_env={n: {FAKE_OFFSET_ENV: str(clocks[n])} for n in names},
-            region_overrides={
-                n: {"kafka": {"bootstrap_servers": f"127.0.0.1:{links[n].port}"}} for n in names
-            },
+            region_overrides=through_links(links),
         ) as regions,
     ):
         regions.wait_status("consistent", timeout_s=120)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from reconciler.service.config import load_config
 from reconciler.service.daemon import Daemon
 from reconciler.service.regionstate import Status
 from reconciler.status import decode_status, parse_run_id
+from replication.capture.batch import CaptureBatch
 from replication.model.keys import STATUS_KEY
 from tests.servers import RedisFactory
 
@@ -40,10 +42,12 @@ async def eventually(predicate: object, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.timeout(180)
-async def test_two_daemons_in_process_replicate_publish_a_bound_status_and_stop_cleanly(
+@contextlib.asynccontextmanager
+async def two_daemons(
     tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
-) -> None:
+) -> AsyncIterator[tuple[dict[str, Daemon], dict[str, aioredis.Redis]]]:
+    """Two daemons run in this process, both `consistent`; (daemons, Redis clients) by
+    region. On leaving, both are stopped and must exit 0."""
     servers = {r: redis_factory.start(r) for r in REGIONS}
     daemons = {}
     prefix = f"inproc{uuid.uuid4().hex[:8]}"
@@ -57,7 +61,6 @@ async def test_two_daemons_in_process_replicate_publish_a_bound_status_and_stop_
             topic_prefix=prefix,
         )
         daemons[region] = Daemon(load_config(path))
-    a, b = (daemons[r] for r in REGIONS)
     runs = {r: asyncio.create_task(d.run()) for r, d in daemons.items()}
     clients = {r: aioredis.Redis.from_url(s.url) for r, s in servers.items()}
     try:
@@ -66,6 +69,25 @@ async def test_two_daemons_in_process_replicate_publish_a_bound_status_and_stop_
             90,
             "both daemons consistent",
         )
+        yield daemons, clients
+    finally:
+        for daemon in daemons.values():
+            daemon.request_stop()
+        codes = {}
+        for region, task in runs.items():
+            with contextlib.suppress(asyncio.CancelledError):
+                codes[region] = await asyncio.wait_for(task, 60)
+        for client in clients.values():
+            await client.aclose()
+    assert codes == dict.fromkeys(REGIONS, 0)
+
+
+@pytest.mark.timeout(180)
+async def test_two_daemons_in_process_replicate_publish_a_bound_status_and_stop_cleanly(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        a, b = (daemons[r] for r in REGIONS)
         # The record in each Redis names that Redis's instance.
         for region, client in clients.items():
             record = decode_status(await client.hgetall(STATUS_KEY))
@@ -81,13 +103,44 @@ async def test_two_daemons_in_process_replicate_publish_a_bound_status_and_stop_
         await eventually(replicated, 30, "the write to reach us-east")
         assert a.outbound.stats.changes >= 1
         assert b.inbound.stats.applied >= 1
-    finally:
-        for daemon in daemons.values():
-            daemon.request_stop()
-        codes = {}
-        for region, task in runs.items():
-            with contextlib.suppress(asyncio.CancelledError):
-                codes[region] = await asyncio.wait_for(task, 60)
-        for client in clients.values():
-            await client.aclose()
-    assert codes == dict.fromkeys(REGIONS, 0)
+
+
+@pytest.mark.timeout(180)
+async def test_no_lost_winner_when_a_remote_write_finds_a_local_one_not_versioned_yet(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """eu-west takes a write its capture reads but does not version yet (held here, as a
+    daemon still starting holds it); us-east writes the same key later. The later write
+    wins everywhere: eu-west's applier, finding its local write unversioned, waits for the
+    capture to version it, dated when it was read. Versioned by the applier, dated then,
+    the earlier write won in both regions (the fault suite's soak seed 3)."""
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        a = daemons["eu-west"]
+        held = asyncio.Event()
+        release = asyncio.Event()
+        handle = a.outbound.handle
+
+        async def held_handle(batch: CaptureBatch) -> None:
+            if any(b"fc:1" in keys for keys in batch.keys.values()):
+                held.set()
+                await release.wait()
+            await handle(batch)
+
+        a.outbound.handle = held_handle  # type: ignore[method-assign]
+        await clients["eu-west"].set("fc:1", "earlier")
+        await eventually(held.is_set, 10, "eu-west's capture to read the write")
+        await asyncio.sleep(0.2)  # the other region's write comes later, measurably
+        await clients["us-east"].set("fc:1", "later")
+        await eventually(
+            lambda: a.inbound.stats.deferred >= 1, 30, "eu-west to defer us-east's write"
+        )
+        release.set()
+
+        async def converged() -> bool:
+            values = [await c.get("fc:1") for c in clients.values()]
+            return values == [b"later", b"later"]
+
+        await eventually(converged, 30, "both regions to hold the later write")
+        assert a.inbound.stats.deferred_to_capture >= 1
+        await asyncio.sleep(1.0)  # nothing turns it back
+        assert [await c.get("fc:1") for c in clients.values()] == [b"later", b"later"]

@@ -11,7 +11,7 @@ import pytest
 from devcluster import KafkaBroker
 from devcluster.daemons import wait_for
 from replication.model.keys import SHIPPED_KEY
-from tests.faults.harness import kafka_links
+from tests.faults.harness import kafka_links, through_links
 from tests.regions import Regions, key_state, metric, running_regions
 from tests.servers import RedisFactory
 from tests.tcpproxy import Fault
@@ -122,9 +122,7 @@ def test_no_lost_winner_when_a_region_cut_off_from_kafka_ships_after_the_heal(
             kafka,
             redis_factory,
             names=names,
-            region_overrides={
-                n: {"kafka": {"bootstrap_servers": f"127.0.0.1:{links[n].port}"}} for n in names
-            },
+            region_overrides=through_links(links),
         ) as regions,
     ):
         east, west = regions.clients["us-east"], regions.clients["eu-west"]
