@@ -147,7 +147,8 @@ class Nemesis(threading.Thread):
             while not self._halt.is_set():
                 now = time.monotonic()
                 for active in [a for a in self._active if a.heal_at <= now]:
-                    self._heal(active)
+                    if active in self._active:  # not healed already, with a daemon it held
+                        self._heal(active)
                 if now >= next_at:
                     if len(self._active) < self.max_concurrent:
                         self._inject()
@@ -157,6 +158,8 @@ class Nemesis(threading.Thread):
             self.log.errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             for active in list(self._active):
+                if active not in self._active:
+                    continue  # healed already, with a daemon-kill9 it held back
                 try:
                     self._heal(active)
                 except Exception as exc:
