@@ -69,7 +69,7 @@ from replication.errors import ReconcilerError, exception_leaves
 from replication.model.admission import Admission
 from replication.model.hlc import HybridClock
 from replication.pipeline.applier import Applier, ApplyReport
-from replication.pipeline.inbound import Inbound
+from replication.pipeline.inbound import Inbound, LocalVerdict, LocalWrites
 from replication.pipeline.outbound import Outbound
 from replication.pipeline.publisher import Publisher
 from replication.pipeline.stall import StallWatch
@@ -225,7 +225,7 @@ class Daemon:
             max_records=config.apply.max_records_per_poll,
             transient_retry_s=config.apply.transient_retry_s,
             stall=self.stall,
-            capture_caught_up=self._capture_caught_up,
+            judge_local=self._judge_local,
         )
         # systemd, if under it (the status line is read once the parts exist, below)
         self.notifier = ServiceNotifier(lambda: status_text(self.parts))
@@ -306,15 +306,34 @@ class Daemon:
         floor = self.shipped_floor.advance(shipped_through_ms)
         self.versioner.late_floor_ms = floor + 1 if floor else 0
 
-    async def _capture_caught_up(self) -> bool:
-        """Whether the capture versioned, within DEFERRED_WAIT_S, everything Redis has
-        written so far (False at once for a capture without offsets)."""
-        if self.heartbeats.capture_acked() is None:
-            return False
-        offset = await self.heartbeats.master_offset()
-        if offset is None:
-            return False
-        return await self.outbound.versioned_through(offset, DEFERRED_WAIT_S)
+    async def _judge_local(self, first_round: bool) -> LocalWrites:
+        """What the applier should make of local writes it found unversioned (see
+        `replication.pipeline.inbound`). On the first round the capture is waited for, up
+        to DEFERRED_WAIT_S, to version everything Redis has written so far."""
+        # A restart not noticed yet is a gap now, so that its writes are found late.
+        await self.recovery.check_instance()
+        # Only with offsets, and only in the history the Redis is in now: a restarted
+        # Redis's offsets start again, and its small ones would look caught up at once.
+        position = None
+        if self.heartbeats.capture_acked() is not None:
+            position = await self.heartbeats.master_position()
+        if (
+            first_round
+            and position is not None
+            and not self.region_state.recovering
+            and await self.outbound.versioned_through(position, DEFERRED_WAIT_S)
+        ):
+            return LocalWrites(LocalVerdict.CAPTURED)
+        if self.region_state.recovering or (
+            position is not None and not self.outbound.follows(position.replid)
+        ):
+            # Restored with the data, or written before the capture reached the Redis's
+            # new history: the recovery sweep dates such writes; so do we, the same way.
+            floor = await retrying(
+                self.recovery.found_late_floor_ms, what="reading the dataset's shipped mark"
+            )
+            return LocalWrites(LocalVerdict.FOUND_LATE, floor)
+        return LocalWrites(LocalVerdict.LIVE)
 
     def _make_source(self) -> ChangeSource:
         cfg = self.config.redis

@@ -14,6 +14,7 @@ from reconciler.consistency.settle import CaptureWatermark
 from reconciler.service.instance import InstanceGuard
 from reconciler.service.state import DaemonState, now_ms
 from replication.capture.batch import ChangeSource
+from replication.capture.position import CapturePosition
 from replication.capture.stream import ReplicationStreamSource
 from replication.errors import ReconcilerError
 from replication.transport.consumer import ChangeConsumer
@@ -58,6 +59,14 @@ class Heartbeats:
             return await self.guard.master_offset()
         except (OSError, TimeoutError, ReconcilerError) as exc:
             log.debug("master offset not read: %s", exc)
+            return None
+
+    async def master_position(self) -> CapturePosition | None:
+        """Where our Redis's replication history is now (None if it does not answer)."""
+        try:
+            return await self.guard.master_position()
+        except (OSError, TimeoutError, ReconcilerError) as exc:
+            log.debug("master position not read: %s", exc)
             return None
 
     def capture_acked(self) -> int | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import hiredis
 
 from reconciler.status import RegionStatus, parse_run_id
+from replication.capture.position import CapturePosition, master_offset_in, master_position_in
 from replication.errors import ReconcilerError
 from replication.model.keys import SHIPPED_KEY, STATUS_KEY, VERIFIED_KEY
 from replication.redis.address import RedisAddress
@@ -33,8 +33,6 @@ from replication.redis.resp import Command, RedisCommandError, RedisUnavailableE
 __all__ = ["InstanceChange", "InstanceGuard", "StatusRefusedError"]
 
 log = logging.getLogger(__name__)
-
-_MASTER_OFFSET_RE = re.compile(r"^master_repl_offset:(\d+)\r?$", re.MULTILINE)
 
 
 class StatusRefusedError(ReconcilerError):
@@ -103,10 +101,15 @@ class InstanceGuard:
 
     async def master_offset(self) -> int | None:
         """The Redis's replication offset (`master_repl_offset`), or None without one."""
+        return master_offset_in(await self._replication_info())
+
+    async def master_position(self) -> CapturePosition | None:
+        """Where the Redis's replication history is now (replid and offset), or None."""
+        return master_position_in(await self._replication_info())
+
+    async def _replication_info(self) -> bytes:
         info = await self._execute("INFO", "replication")
-        text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
-        match = _MASTER_OFFSET_RE.search(text)
-        return int(match.group(1)) if match else None
+        return info if isinstance(info, bytes) else str(info).encode()
 
     async def adopt_marker(self) -> bool:
         """At start: keep the marker a previous run wrote if it names this instance."""

@@ -124,6 +124,12 @@ class DaemonCollector(Collector):
             "Deferred applies whose local write the capture versioned in time (dated when read)",
             inb.deferred_to_capture,
         )
+        yield counter(
+            "apply_deferred_found_late",
+            "Deferred applies whose local write was from before a gap not swept yet "
+            "(dated as the recovery sweep dates it)",
+            inb.deferred_found_late,
+        )
         yield counter("apply_retried", "Event applies retried after a transient error", inb.retried)
         # Alert on this one: a peer whose clock runs ahead, or forged timestamps.
         yield counter(

@@ -157,25 +157,33 @@ class Recovery:
         self.sessions.recovered.set()
         self.publish()
 
-    async def _rebuild_and_sweep(self) -> int:
-        # Read before anything can stamp the dataset again (only a `consistent` status
-        # does, after this pass): a dataset brought back from a copy (an old backup, the
-        # RDB of a crashed Redis) holds writes shipped in its first life, some still
-        # unversioned in the copy. Dated by the latest moment shipped, they would beat
-        # every later write of this region (found by the fault suite: a key ended with a
-        # value from the backup); dated just after the copy's own moment, they lose to
-        # those and still beat what they followed. A dataset without one (restarted
-        # empty, never verified) is dated by the latest moment shipped.
+    async def found_late_floor_ms(self) -> int | None:
+        """The floor that dates what this Redis holds unversioned after a gap (None: the
+        versioner's own), for the sweep and for the applier when it meets such a write
+        first.
+
+        Read before anything can stamp the dataset again (only a `consistent` status
+        does, after the recovery): a dataset brought back from a copy (an old backup, the
+        RDB of a crashed Redis) holds writes shipped in its first life, some still
+        unversioned in the copy. Dated by the latest moment shipped, they would beat
+        every later write of this region (found by the fault suite: a key ended with a
+        value from the backup); dated just after the copy's own moment, they lose to
+        those and still beat what they followed. A dataset without one (restarted
+        empty, never verified) is dated by the latest moment shipped."""
         mark = await self.guard.shipped_mark()
         floor = self.shipped_floor.value
         dated_ms = (min(mark, floor) if floor else mark) + 1 if mark else None
         if dated_ms is not None and dated_ms <= floor:
             log.info(
-                "recovery sweep: the dataset was shipped through %d ms, %d ms before the "
-                "latest moment shipped; what it holds unversioned is dated by its own",
+                "the dataset was shipped through %d ms, %d ms before the latest moment "
+                "shipped; what it holds unversioned is dated by its own",
                 mark,
                 floor - mark,
             )
+        return dated_ms
+
+    async def _rebuild_and_sweep(self) -> int:
+        dated_ms = await self.found_late_floor_ms()
         await self.rebuild_index()
         swept = 0
         for db in self.config.redis.dbs:
@@ -280,21 +288,27 @@ class Recovery:
         whatever the capture's reconnect backoff is doing."""
         interval_s = self.config.status.instance_check_s
         while not self._stopping.is_set():
-            try:
-                change = await self.guard.observe()
-            except (OSError, TimeoutError, ReconcilerError) as exc:
-                log.debug("redis instance not observed: %s", exc)
-            else:
-                if change is not None:
-                    self.gap(
-                        "instance",
-                        f"redis instance replaced: run_id {change.old_run_id[:12]} -> "
-                        f"{change.new_run_id[:12]}",
-                    )
-                    # Tell clients now, not at the next refresh.
-                    await self.write_status()
+            await self.check_instance()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval_s)
+
+    async def check_instance(self) -> None:
+        """Read which instance the Redis is now; a restarted or replaced one is a gap.
+        Also called before the applier dates a local write it found unversioned: that
+        write may be from before a restart nobody has noticed yet."""
+        try:
+            change = await self.guard.observe()
+        except (OSError, TimeoutError, ReconcilerError) as exc:
+            log.debug("redis instance not observed: %s", exc)
+            return
+        if change is not None:
+            self.gap(
+                "instance",
+                f"redis instance replaced: run_id {change.old_run_id[:12]} -> "
+                f"{change.new_run_id[:12]}",
+            )
+            # Tell clients now, not at the next refresh.
+            await self.write_status()
 
     async def track_catch_up(self) -> None:
         """Sample how far behind the peers' changes the applier is; `consistent` waits for

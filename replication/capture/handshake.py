@@ -16,7 +16,6 @@ configuration errors an operator must fix.
 from __future__ import annotations
 
 import enum
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +28,10 @@ from replication.capture.batch import (
 )
 from replication.capture.commands import KeyTable
 from replication.capture.link import RespLink, ServerError, pack
-from replication.capture.position import CapturePosition
+from replication.capture.position import CapturePosition, master_offset_in
 from replication.errors import ReconcilerError
 from replication.redis.address import RedisAddress
 from replication.redis.errors import is_retriable
-
-_MASTER_OFFSET = re.compile(rb"^master_repl_offset:(\d+)", re.MULTILINE)
 
 _RDB_EOF_MARK_SIZE = 40
 _MAX_LINE = 4096
@@ -246,10 +243,9 @@ async def handshake(
         except ServerError as exc:
             raise classify(address, exc) from exc
     info = replies["INFO"]
-    match = _MASTER_OFFSET.search(info if isinstance(info, bytes) else b"")
-    if match is None:
+    master_offset = master_offset_in(info if isinstance(info, bytes) else b"")
+    if master_offset is None:
         raise CaptureProtocolError("INFO replication has no master_repl_offset")
-    master_offset = int(match.group(1))
     table = KeyTable.from_command_reply(replies["COMMAND"])
 
     link.write(pack("PSYNC", *psync_arguments(asked)))

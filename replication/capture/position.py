@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -37,6 +38,27 @@ class CapturePosition:
     replid: str
     offset: int
     db: int = 0
+
+
+_REPLID = re.compile(rb"^master_replid:([0-9a-f]+)\r?$", re.MULTILINE)
+_MASTER_OFFSET = re.compile(rb"^master_repl_offset:(\d+)\r?$", re.MULTILINE)
+
+
+def master_offset_in(info: bytes) -> int | None:
+    """``master_repl_offset`` from an ``INFO replication`` reply (None without one)."""
+    match = _MASTER_OFFSET.search(info)
+    return int(match.group(1)) if match else None
+
+
+def master_position_in(info: bytes) -> CapturePosition | None:
+    """Where the server's replication history is now, from an ``INFO replication``
+    reply: its ``master_replid`` and ``master_repl_offset`` (None without both). A
+    restarted Redis starts a new history (a new replid, offsets from 0 again): offsets
+    of two histories say nothing about each other."""
+    replid, offset = _REPLID.search(info), master_offset_in(info)
+    if replid is None or offset is None:
+        return None
+    return CapturePosition(replid.group(1).decode("ascii"), offset)
 
 
 class PositionStore:

@@ -11,16 +11,21 @@ fate never decides another's):
   (`on_gap`: the daemon's recovery repairs them from the peers once Redis takes writes
   again) and the consumer moves on. Until Redis takes a write again, further failures are
   given up to the same gap at once instead of waiting each out.
-- deferred (the key holds a local write the capture has not versioned yet): we wait,
-  briefly, for the capture to version everything Redis has written so far
-  (`capture_caught_up`), so the local write is dated by the moment the capture read it;
-  if it does not catch up in time (or a local write keeps racing), we version those keys
-  here (shipping the local write, so it is never lost). Then we apply again, now an
-  ordinary conflict resolved by the rule. Versioned here, a local write is dated now:
-  seconds late if the capture was behind (a daemon still starting), and it would beat
-  the remote write made meanwhile (the fault suite's monotonic reads). A key written so
-  often that a local write lands between every versioning and the next apply is given up
-  after `MAX_DEFER_ROUNDS`:
+- deferred (the key holds a local write the capture has not versioned yet): the daemon
+  judges the local writes (`judge_local`, a `LocalWrites`). Usually the capture is merely
+  behind: we wait, briefly, for it to version everything Redis has written so far, so the
+  local write is dated by the moment the capture read it. Versioned here instead, a local
+  write is dated now: seconds late if the capture was behind (a daemon still starting),
+  and it would beat the remote write made meanwhile (the fault suite's monotonic reads).
+  If the Redis restarted (or was replaced) and the recovery sweep has not been through it
+  yet, the capture never sees such a write: it is from before the restart, restored with
+  the data, and we version it *found late*, dated as the sweep dates what it finds (the
+  fault suite: a write made 2 ms before a Redis restart, versioned here as new, beat
+  eleven later writes of another region). If the capture does not catch up in time (or a
+  local write keeps racing), we version those keys here (shipping the local write, so it
+  is never lost). Then we apply again, now an ordinary conflict resolved by the rule.
+  A key written so often that a local write lands between every versioning and the next
+  apply is given up after `MAX_DEFER_ROUNDS`:
   the remote version is *superseded*. That loses nothing: applying it observed its
   timestamp, so every local version made since has a larger one and wins the conflict
   against it in every region anyway. So a hot key never holds up the other keys.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,6 +69,31 @@ GAP_REASON = "apply-failed"
 COMMIT_INTERVAL_S = 0.2
 
 
+class LocalVerdict(enum.Enum):
+    """What the daemon says of local writes the applier found unversioned."""
+
+    CAPTURED = "captured"
+    """The capture versioned everything Redis had written when asked: apply again."""
+    FOUND_LATE = "found-late"
+    """Written before a gap (a Redis restarted or replaced) the recovery has not swept:
+    the capture will never see them; versioned as the sweep versions what it finds."""
+    LIVE = "live"
+    """Ordinary writes the capture has not reached in time: versioned as new."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWrites:
+    """The daemon's verdict on unversioned local writes, and for FOUND_LATE the floor
+    the sweep dates them by (None: the versioner's own)."""
+
+    verdict: LocalVerdict
+    late_floor_ms: int | None = None
+
+
+async def _live(first_round: bool) -> LocalWrites:
+    return LocalWrites(LocalVerdict.LIVE)
+
+
 @dataclass
 class InboundStats:
     polls: int = 0
@@ -73,6 +104,7 @@ class InboundStats:
     local_won: int = 0
     deferred: int = 0
     deferred_to_capture: int = 0  # ... of which the capture versioned in time
+    deferred_found_late: int = 0  # ... of which were found from before an unswept gap
     rejected: int = 0
     commits: int = 0
     superseded: int = 0  # deferred events given up to the local writes racing them
@@ -97,7 +129,7 @@ class Inbound:
         max_records: int = 500,
         transient_retry_s: float = 30.0,
         stall: StallWatch | None = None,
-        capture_caught_up: Callable[[], Awaitable[bool]] | None = None,
+        judge_local: Callable[[bool], Awaitable[LocalWrites]] = _live,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
@@ -108,7 +140,9 @@ class Inbound:
         self.max_records = max_records
         self.transient_retry_s = transient_retry_s
         self.stall = stall
-        self.capture_caught_up = capture_caught_up
+        # Called with whether this is the first round for these events (only then is the
+        # capture waited for).
+        self.judge_local = judge_local
         self.stats = InboundStats()
         self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
@@ -264,16 +298,28 @@ class Inbound:
                 len(deferred),
             )
             return []
-        if rounds == 1 and self.capture_caught_up is not None and await self.capture_caught_up():
+        judged = await self.judge_local(rounds == 1)
+        if judged.verdict is LocalVerdict.CAPTURED:
             self.stats.deferred_to_capture += len(deferred)
             return deferred  # versioned by the capture, dated when it read them
         keys: dict[int, set[bytes]] = {}
         for event in deferred:
             keys.setdefault(event.db, set()).add(event.key)
-        # A local write found unversioned just after this process did not run for a while
-        # may be from the pause: dated as late then, like the capture dates it.
-        late = self.stall is not None and await self.stall.behind()
-        local = await self.publisher.publish(keys, replay=late, retry="versioning deferred keys")
+        if judged.verdict is LocalVerdict.FOUND_LATE:
+            self.stats.deferred_found_late += len(deferred)
+            local = await self.publisher.publish(
+                keys,
+                late=True,
+                late_floor_ms=judged.late_floor_ms,
+                retry="versioning deferred keys found late",
+            )
+        else:
+            # A local write found unversioned just after this process did not run for a
+            # while may be from the pause: dated as late then, like the capture dates it.
+            late = self.stall is not None and await self.stall.behind()
+            local = await self.publisher.publish(
+                keys, replay=late, retry="versioning deferred keys"
+            )
         await local.wait()
         refused = set(local.report.refused)
         if not refused:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from replication.capture.batch import CaptureBatch, ChangeSource, Gap
+from replication.capture.position import CapturePosition
 from replication.capture.versioner import VersionedChange
 from replication.latency import ORIGIN_STAGES, StageLatency
 from replication.pipeline.publisher import Publisher
@@ -87,8 +88,10 @@ class Outbound:
         self.unshipped_events = 0
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
-        # Stream offset through which every batch is versioned (0: none yet, or a new
-        # replication history after a gap); waited on by `versioned_through`.
+        # Stream position through which every batch is versioned: the replication history
+        # (None: none yet) and the offset in it; waited on by `versioned_through`. Offsets
+        # of two histories (a Redis restarted) say nothing about each other.
+        self.versioned_replid: str | None = None
         self.versioned_offset = 0
         self._progress = asyncio.Condition()
 
@@ -141,7 +144,7 @@ class Outbound:
             if self.stall is not None:
                 self.stall.forget()
             await self.on_gap(batch.gap)
-            self.versioned_offset = 0  # offsets of another history
+            self.versioned_replid, self.versioned_offset = None, 0  # another history
         changes: list[VersionedChange] = []
         versioned = 0.0
         if batch.keys:
@@ -171,17 +174,26 @@ class Outbound:
         self.stats.commands += batch.commands
         if batch.end_offset is not None:
             async with self._progress:
+                self.versioned_replid = batch.replid
                 self.versioned_offset = batch.end_offset
                 self._progress.notify_all()
         await self._reserve(len(changes))
         self._unshipped.put_nowait(_Versioned(batch.end_offset, changes, versioned))
 
-    async def versioned_through(self, offset: int, timeout_s: float) -> bool:
-        """Wait until every batch ending at or before stream offset `offset` is versioned;
-        False if that took longer than `timeout_s`."""
+    def follows(self, replid: str) -> bool:
+        """Whether the last batch versioned belongs to replication history `replid`."""
+        return self.versioned_replid == replid
+
+    async def versioned_through(self, position: CapturePosition, timeout_s: float) -> bool:
+        """Wait until every batch of `position`'s replication history ending at or before
+        its offset is versioned; False if that took longer than `timeout_s`."""
+
+        def reached() -> bool:
+            return self.follows(position.replid) and self.versioned_offset >= position.offset
+
         try:
             async with asyncio.timeout(timeout_s), self._progress:
-                await self._progress.wait_for(lambda: self.versioned_offset >= offset)
+                await self._progress.wait_for(reached)
         except TimeoutError:
             return False
         return True

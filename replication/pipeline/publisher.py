@@ -57,6 +57,8 @@ class Publisher:
         keys: Mapping[int, Iterable[bytes]],
         *,
         replay: bool = False,
+        late: bool = False,
+        late_floor_ms: int | None = None,
         retry: str | None = None,
     ) -> Publication:
         """Version the touched `keys` and ship what changed; Kafka's acknowledgement is left
@@ -67,7 +69,9 @@ class Publisher:
         Without, the error propagates. Only the versioning is retried: once the index has
         been told, the change is shipped exactly once from here.
         """
-        report = await self.version(keys, replay=replay, retry=retry)
+        report = await self.version(
+            keys, replay=replay, late=late, late_floor_ms=late_floor_ms, retry=retry
+        )
         return Publication(report, await self.send(report.changes))
 
     async def version(
@@ -75,6 +79,8 @@ class Publisher:
         keys: Mapping[int, Iterable[bytes]],
         *,
         replay: bool = False,
+        late: bool = False,
+        late_floor_ms: int | None = None,
         retry: str | None = None,
         read_ms: int | None = None,
     ) -> VersionReport:
@@ -82,10 +88,13 @@ class Publisher:
         shipping it yet: the caller hands `report.changes` to :meth:`send`, in order. The
         capture stream does that from another task, so that its writes are versioned (and
         dated) as they arrive while Kafka is slow or cut off. `read_ms`: when the capture
-        read these writes, which dates them (`Versioner.version`)."""
+        read these writes, which dates them; `late`, `late_floor_ms`: writes found late,
+        dated as the sweep dates them (`Versioner.version`)."""
 
         def version() -> Awaitable[VersionReport]:
-            return self.versioner.version(keys, replay=replay, read_ms=read_ms)
+            return self.versioner.version(
+                keys, replay=replay, late=late, late_floor_ms=late_floor_ms, read_ms=read_ms
+            )
 
         report = await (version() if retry is None else retrying(version, what=retry))
         self.record(report.changes)

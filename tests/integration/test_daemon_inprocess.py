@@ -144,3 +144,73 @@ async def test_no_lost_winner_when_a_remote_write_finds_a_local_one_not_versione
         assert a.inbound.stats.deferred_to_capture >= 1
         await asyncio.sleep(1.0)  # nothing turns it back
         assert [await c.get("fc:1") for c in clients.values()] == [b"later", b"later"]
+
+
+@pytest.mark.timeout(180)
+async def test_no_lost_winner_after_a_redis_restart_brings_back_a_write_nothing_versioned(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """eu-west's Redis takes a write its capture never versions (the batch is lost here,
+    as a crash loses it), is killed -9 and restarted with its data. us-east writes the
+    same key later. eu-west's applier meets the restored write, the remote one deferred
+    behind it, before the recovery sweep has run (held here): it dates it as the sweep
+    would, found late, and the later write wins in both regions. Versioned as a new write,
+    dated then, the restored one beat it (the fault suite's soak seed 18: the restarted
+    Redis's small replication offset looked caught up with the capture's old one)."""
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        a = daemons["eu-west"]
+        server = next(s for s in redis_factory.servers if s.name == "eu-west")
+        await clients["eu-west"].set("fc:3", "first")
+
+        async def holds(client: aioredis.Redis, value: bytes) -> bool:
+            return bool(await client.get("fc:3") == value)
+
+        await eventually(lambda: holds(clients["us-east"], b"first"), 30, "fc:3 replicated")
+
+        handle = a.outbound.handle
+
+        async def losing_handle(batch: CaptureBatch) -> None:
+            if not any(b"fc:3" in keys for keys in batch.keys.values()):
+                await handle(batch)
+
+        a.outbound.handle = losing_handle  # type: ignore[method-assign]
+        sweep_reached = asyncio.Event()
+        release = asyncio.Event()
+        sweep = a.recovery._rebuild_and_sweep
+
+        async def held_sweep() -> int:
+            sweep_reached.set()
+            await release.wait()
+            return await sweep()
+
+        a.recovery._rebuild_and_sweep = held_sweep  # type: ignore[method-assign]
+        await clients["eu-west"].config_set("appendfsync", "always")
+        await clients["eu-west"].set("fc:3", "restored")
+        server.kill9()
+        server.start()
+        restarted = aioredis.Redis.from_url(server.url)
+        try:
+            assert await restarted.get("fc:3") == b"restored"  # the AOF brought it back
+            await asyncio.sleep(0.2)  # the other region's write comes later, measurably
+            await clients["us-east"].set("fc:3", "later")
+            await eventually(
+                lambda: a.inbound.stats.deferred_found_late >= 1,
+                30,
+                "eu-west to meet its restored write behind us-east's",
+            )
+            await eventually(lambda: holds(restarted, b"later"), 30, "eu-west to take it")
+            await eventually(
+                lambda: holds(clients["us-east"], b"later"), 30, "us-east to keep its write"
+            )
+            assert sweep_reached.is_set()
+            release.set()
+            await eventually(
+                lambda: a.region_state.status == Status.CONSISTENT, 60, "eu-west repaired"
+            )
+            assert [await c.get("fc:3") for c in (restarted, clients["us-east"])] == [
+                b"later",
+                b"later",
+            ]
+        finally:
+            release.set()
+            await restarted.aclose()
