@@ -21,17 +21,6 @@ from tests.servers import RedisFactory, track
 State = tuple[str, Any, int]  # type, value, absolute expiry ms (0 none)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus exposition (0.0 if absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        series, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in series for k, v in labels.items()):
-            return float(value)
-    return 0.0
-
-
 def key_state(client: redis.Redis, key: bytes) -> State | None:
     kind = client.type(key).decode()  # type: ignore[union-attr]
     if kind == "none":

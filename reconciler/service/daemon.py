@@ -317,18 +317,20 @@ class Daemon:
         position = None
         if self.heartbeats.capture_acked() is not None:
             position = await self.heartbeats.master_position()
-        if (
-            first_round
-            and position is not None
-            and not self.region_state.recovering
-            and await self.outbound.versioned_through(position, DEFERRED_WAIT_S)
-        ):
+        if position is None:
+            return LocalWrites(LocalVerdict.LIVE)
+        if first_round and await self.outbound.versioned_through(position, DEFERRED_WAIT_S):
+            # Also while a gap is recovered: a write made since the capture resynced is a
+            # live one, dated when read (dated as found late, it lost to an older remote
+            # write and the failover client read its own write, then the older one).
             return LocalWrites(LocalVerdict.CAPTURED)
-        if self.region_state.recovering or (
-            position is not None and not self.outbound.follows(position.replid)
+        if not self.outbound.follows(position.replid) or (
+            not first_round and self.region_state.recovering
         ):
-            # Restored with the data, or written before the capture reached the Redis's
-            # new history: the recovery sweep dates such writes; so do we, the same way.
+            # The capture never shows these: it is not in the Redis's history yet (what
+            # the Redis came back with, or took before the capture resyncs, is in the
+            # snapshot it skips), or it caught up and the key is still unversioned while
+            # the gap's sweep has not run. The sweep dates such writes; so do we, alike.
             floor = await retrying(
                 self.recovery.found_late_floor_ms, what="reading the dataset's shipped mark"
             )

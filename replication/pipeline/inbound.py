@@ -17,18 +17,19 @@ fate never decides another's):
   local write is dated by the moment the capture read it. Versioned here instead, a local
   write is dated now: seconds late if the capture was behind (a daemon still starting),
   and it would beat the remote write made meanwhile (the fault suite's monotonic reads).
-  If the Redis restarted (or was replaced) and the recovery sweep has not been through it
-  yet, the capture never sees such a write: it is from before the restart, restored with
-  the data, and we version it *found late*, dated as the sweep dates what it finds (the
-  fault suite: a write made 2 ms before a Redis restart, versioned here as new, beat
-  eleven later writes of another region). If the capture does not catch up in time (or a
-  local write keeps racing), we version those keys here (shipping the local write, so it
-  is never lost). Then we apply again, now an ordinary conflict resolved by the rule.
-  A key written so often that a local write lands between every versioning and the next
-  apply is given up after `MAX_DEFER_ROUNDS`:
-  the remote version is *superseded*. That loses nothing: applying it observed its
-  timestamp, so every local version made since has a larger one and wins the conflict
-  against it in every region anyway. So a hot key never holds up the other keys.
+  If the Redis restarted (or was replaced) and the capture never shows such a write (it is
+  not in the Redis's new history yet, or it caught up and the key is still unversioned
+  while the recovery sweep has not run: the write came back with the data), we version it
+  *found late*, dated as the sweep dates what it finds (the fault suite: a write made 2 ms
+  before a Redis restart, versioned here as new, beat eleven later writes of another
+  region). A write made after the capture resynced is a live one, waited for as usual.
+  If the capture does not catch up in time (or a local write keeps racing), we version
+  those keys here (shipping the local write, so it is never lost). Then we apply again,
+  now an ordinary conflict resolved by the rule. A key written so often that a local
+  write lands between every versioning and the next apply is given up after
+  `MAX_DEFER_ROUNDS`: the remote version is *superseded*. That loses nothing: applying
+  it observed its timestamp, so every local version made since has a larger one and wins
+  the conflict against it in every region anyway. So a hot key never holds up the other keys.
 
 A stop during the retries leaves the poll uncommitted: it is applied again after the
 restart (applying is idempotent), never skipped.

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,9 @@ from reconciler.service.daemon import Daemon
 from reconciler.service.regionstate import Status
 from reconciler.status import decode_status, parse_run_id
 from replication.capture.batch import CaptureBatch
+from replication.model.event import ChangeEvent
 from replication.model.keys import STATUS_KEY
+from replication.pipeline.applier import ApplyReport
 from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
@@ -213,4 +215,100 @@ async def test_no_lost_winner_after_a_redis_restart_brings_back_a_write_nothing_
             ]
         finally:
             release.set()
+            await restarted.aclose()
+
+
+@pytest.mark.timeout(180)
+async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meets_an_older_one(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """eu-west's Redis restarts empty; its recovery sweep is held, so the region stays
+    recovering. us-east writes fc:5 twice; before eu-west applies the second (its applier
+    held), eu-west takes a later write of fc:5, which its capture reads but does not
+    version yet. That
+    write is live, not one the Redis came back with: eu-west's applier waits for the
+    capture, and the later write wins in both regions. Dated as found late, the older
+    remote write won, and the failover client, which had written at the recovering region,
+    read its own write, then the older value (the fault suite's soak seed 5)."""
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        a = daemons["eu-west"]
+        server = next(s for s in redis_factory.servers if s.name == "eu-west")
+        sweep_reached, sweep_gate = asyncio.Event(), asyncio.Event()
+        sweep = a.recovery._rebuild_and_sweep
+
+        async def held_sweep() -> int:
+            sweep_reached.set()
+            await sweep_gate.wait()
+            return await sweep()
+
+        a.recovery._rebuild_and_sweep = held_sweep  # type: ignore[method-assign]
+        apply_reached, apply_gate = asyncio.Event(), asyncio.Event()
+        apply = a.inbound._apply
+
+        holding = False
+
+        async def held_apply(events: Sequence[ChangeEvent], source: str) -> ApplyReport:
+            if holding and not apply_gate.is_set() and any(e.key == b"fc:5" for e in events):
+                apply_reached.set()
+                await apply_gate.wait()
+            return await apply(events, source)
+
+        a.inbound._apply = held_apply  # type: ignore[method-assign]
+        capture_reached, capture_gate = asyncio.Event(), asyncio.Event()
+        handle = a.outbound.handle
+
+        async def held_handle(batch: CaptureBatch) -> None:
+            if any(b"fc:5" in keys for keys in batch.keys.values()):
+                capture_reached.set()
+                await capture_gate.wait()
+            await handle(batch)
+
+        a.outbound.handle = held_handle  # type: ignore[method-assign]
+        server.kill9()
+        server.wipe_data()
+        server.start()
+        restarted = aioredis.Redis.from_url(server.url)
+        try:
+            await eventually(sweep_reached.is_set, 30, "eu-west to start recovering")
+            replid = (await restarted.info("replication"))["master_replid"]
+            await eventually(lambda: a.outbound.follows(replid), 30, "the capture to resync")
+            # Applied at eu-west: the key's clock is known there (a write found late on it
+            # would get the smallest tick after that clock, and lose to the next one).
+            await clients["us-east"].set("fc:5", "first")
+
+            async def first_applied() -> bool:
+                return bool(await restarted.get("fc:5") == b"first")
+
+            await eventually(first_applied, 30, "us-east's first write to reach eu-west")
+            holding = True
+            await clients["us-east"].set("fc:5", "older")
+            await eventually(apply_reached.is_set, 30, "us-east's write to reach eu-west")
+            await asyncio.sleep(0.2)  # the local write comes later, measurably
+            await restarted.set("fc:5", "newer")
+            await eventually(capture_reached.is_set, 10, "eu-west's capture to read it")
+            apply_gate.set()
+            await eventually(
+                lambda: a.inbound.stats.deferred >= 1, 30, "eu-west to defer us-east's write"
+            )
+            # Well inside the applier's wait for the capture (2 s), and long enough for a
+            # versioning of its own to go first.
+            await asyncio.sleep(0.5)
+            capture_gate.set()
+
+            async def newer_everywhere() -> bool:
+                values = [await c.get("fc:5") for c in (restarted, clients["us-east"])]
+                return values == [b"newer", b"newer"]
+
+            await eventually(newer_everywhere, 30, "both regions to hold the later write")
+            assert a.region_state.recovering  # all of it while the region recovered
+            assert a.inbound.stats.deferred_to_capture >= 1
+            assert a.inbound.stats.deferred_found_late == 0
+            sweep_gate.set()
+            await eventually(
+                lambda: a.region_state.status == Status.CONSISTENT, 60, "eu-west repaired"
+            )
+            assert await newer_everywhere()
+        finally:
+            for gate in (sweep_gate, apply_gate, capture_gate):
+                gate.set()
             await restarted.aclose()

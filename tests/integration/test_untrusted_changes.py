@@ -26,7 +26,8 @@ from replication.model.wire import seal_body
 from replication.redis.library import apply_command
 from replication.transport.deadletter import verify_dead_letter
 from tests.kafkatools import produce_raw, read_topic
-from tests.regions import Regions, metric
+from tests.promtext import sample
+from tests.regions import Regions
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +139,10 @@ async def test_forged_and_misaddressed_change_records_are_refused_and_change_not
         assert client.get("balance") == b"100", name
     for name in ("eu-west", "ap-south"):
         metrics = regions.daemons[name].metrics()
-        assert metric(metrics, "reconciler_rejected_records_total") == 4.0
+        assert sample(metrics, "reconciler_rejected_records_total") == 4.0
         for code in ("unsigned", "unknown-key", "bad-signature", "wrong-source"):
-            assert metric(metrics, "reconciler_deadletters_total", reason=code) == 1.0
-        assert metric(metrics, "reconciler_deadletters_total", reason="origin-mismatch") == 2.0
+            assert sample(metrics, "reconciler_deadletters_total", reason=code) == 1.0
+        assert sample(metrics, "reconciler_deadletters_total", reason="origin-mismatch") == 2.0
     assert_up_and_replicating(regions, "after-forgeries")
     # A real write after all that is not beaten by anything forged.
     regions.clients["eu-west"].set("balance", "90")
@@ -182,8 +183,8 @@ async def test_far_future_and_top_of_range_clocks_are_quarantined_and_later_writ
         assert client.get("acct") == b"100", name
     for name in ("eu-west", "ap-south"):
         metrics = regions.daemons[name].metrics()
-        assert metric(metrics, "reconciler_apply_quarantined_total") == 2.0
-        assert metric(metrics, "reconciler_deadletters_total", reason="clock-range") == 1.0
+        assert sample(metrics, "reconciler_apply_quarantined_total") == 2.0
+        assert sample(metrics, "reconciler_deadletters_total", reason="clock-range") == 1.0
     regions.clients["ap-south"].set("acct", "80")
     wait_for(lambda: all(c.get("acct") == b"80" for c in regions.clients.values()), 60, "80")
     assert_up_and_replicating(regions, "after-clocks")
@@ -224,7 +225,7 @@ async def test_a_clock_at_the_top_of_its_range_is_refused_at_the_source(
     )
     daemon = regions.daemons["eu-west"]
     wait_for(
-        lambda: metric(daemon.metrics(), "reconciler_clock_refused_total") >= 1,
+        lambda: sample(daemon.metrics(), "reconciler_clock_refused_total") >= 1,
         30,
         "the refusal counted",
     )
