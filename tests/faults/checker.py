@@ -58,7 +58,10 @@ class Violation:
 class Verdict:
     violations: list[Violation] = field(default_factory=list)
     lost_in_window: list[Op] = field(default_factory=list)
-    """Acknowledged writes gone inside a data-loss window (async replication)."""
+    """Acknowledged writes gone inside a data-loss window (async replication). A write
+    superseded by a later one that was lost too counts: its key ends older than both."""
+    keys_lost_newest: int = 0
+    """Keys among those whose newest acknowledged write is one of `lost_in_window`."""
     reads_excused: dict[str, int] = field(default_factory=dict)
     keys_checked: int = 0
     reads_checked: int = 0
@@ -283,6 +286,7 @@ def check_resolution(
                 break
         if explained:
             verdict.lost_in_window.extend(lost)
+            verdict.keys_lost_newest += bool(lost)
             continue
         writer = writer_of(key) or "several regions"
         deleted = [o for o in ops if o.outcome == ACKED and o.effects[key] is None]

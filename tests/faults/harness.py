@@ -25,7 +25,7 @@ from reconciler.client import ClientConfig, FailoverClient, RegionConfig
 from replication.clock import FAKE_OFFSET_ENV
 from tests.faults import badinput
 from tests.faults.checker import Verdict, Violation, check
-from tests.faults.history import History
+from tests.faults.history import History, Op
 from tests.faults.nemesis import KINDS, FaultRecord, Nemesis
 from tests.faults.workload import Workload
 from tests.regions import running_regions
@@ -105,7 +105,8 @@ class SeedResult:
         return (
             f"seed={self.seed} duration={self.duration_s:.0f}s ops={self.ops} "
             f"faults: {faults or 'none'}; convergence after heal {conv}; "
-            f"acked writes lost in failure windows {len(self.verdict.lost_in_window)}; "
+            f"acked writes lost in failure windows {len(self.verdict.lost_in_window)} "
+            f"(on {self.verdict.keys_lost_newest} keys); "
             f"application reads by region {self.reads_by_region}; "
             f"reads excused {self.verdict.reads_excused}; keys checked "
             f"{self.verdict.keys_checked}, reads checked {self.verdict.reads_checked}; "
@@ -222,19 +223,23 @@ def run_seed(
                 )
             )
     result.problems += [v.render(seed) for v in result.verdict.violations]
+    # Every seed's, not only a failed one's: writes lost inside failure windows are not
+    # violations, and are analysed from it too.
+    _dump(base / "history.txt", history, nemesis.log.faults, result.verdict.lost_in_window)
     if result.problems:
-        _dump(base / "history.txt", history, nemesis.log.faults)
         result.problems.append(f"history and faults of seed {seed}: {base / 'history.txt'}")
     return result
 
 
-def _dump(path: Path, history: History, faults: list[FaultRecord]) -> None:
-    """Every operation and fault of a failed seed, one per line, for the analysis."""
+def _dump(path: Path, history: History, faults: list[FaultRecord], lost: list[Op]) -> None:
+    """Every fault, operation and write lost inside a failure window, one per line."""
     with path.open("w") as out:
         for fault in faults:
             out.write("fault " + fault.describe() + "\n")
         for op in history.ops:
             out.write("op " + op.describe() + "\n")
+        for op in lost:
+            out.write("lost " + op.describe() + "\n")
 
 
 def _status(daemon: object) -> str:

@@ -74,9 +74,24 @@ def test_a_write_lost_inside_a_kill_window_is_counted_not_a_violation() -> None:
     verdict = run(ops, {K: ("string", b"a", 0)}, [kill])
     assert verdict.violations == []
     assert [o.index for o in verdict.lost_in_window] == [1]
+    assert verdict.keys_lost_newest == 1
     # The same loss with the kill long after the write: a violation.
     late = FaultRecord("redis-kill-empty", "eu-west", 40.0, 45.0)
     assert run(ops, {K: ("string", b"a", 0)}, [late]).violations
+
+
+def test_writes_superseded_by_a_lost_one_count_as_lost_on_one_key() -> None:
+    """Three writes lost with one kill, on one key: three lost writes, one key whose
+    newest acknowledged write is gone (the soak's per-seed loss counts mostly the first
+    kind)."""
+    ops = [write(0, "eu-west", K, ("string", b"a", None), 1)] + [
+        write(i, "eu-west", K, ("string", b"x%d" % i, None), 19 + i) for i in (1, 2, 3)
+    ]
+    kill = FaultRecord("redis-kill-empty", "eu-west", 23.0, 25.0)
+    verdict = run(ops, {K: ("string", b"a", 0)}, [kill])
+    assert verdict.violations == []
+    assert sorted(o.index for o in verdict.lost_in_window) == [1, 2, 3]
+    assert verdict.keys_lost_newest == 1
 
 
 def test_a_write_to_a_redis_back_from_a_copy_before_capture_is_counted_only_there() -> None:
