@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from reconciler.consistency.peers import Peers
+from replication.capture.position import CapturePosition
 
 Offsets = dict[int, int]  # partition -> offset after the last record
 
@@ -39,30 +40,50 @@ class CaptureWatermark:
     """How far the capture has shipped, as a time: every write to Redis before
     `shipped_through_ms` is in Kafka.
 
-    Each `sample()` remembers Redis's master offset at a time; once the capture has
-    acknowledged the stream up to that offset, that time is reached.
+    Each `sample()` remembers where Redis's replication history was at a time; once the
+    capture has acknowledged that history up to that offset, that time is reached. Only
+    positions of one history are compared: a restarted Redis starts its offsets again, and
+    the capture's acknowledged offset in the old history would pass its new marks at once.
     """
 
     def __init__(self, max_marks: int = 4096) -> None:
-        self._marks: deque[tuple[int, int]] = deque(maxlen=max_marks)
+        self._marks: deque[tuple[int, CapturePosition]] = deque(maxlen=max_marks)
         self.shipped_through_ms = 0
 
-    def sample(self, at_ms: int, master_offset: int | None, acked_offset: int | None) -> int:
-        """Record Redis's offset at `at_ms`; returns the time shipped through.
+    def sample(
+        self, at_ms: int, master: CapturePosition | None, acked: CapturePosition | None
+    ) -> int:
+        """Record where Redis's history is at `at_ms` (`master`; None: Redis does not
+        answer) and how far the capture acknowledged (`acked`; None: nothing yet);
+        returns the time shipped through.
 
-        With no offsets to compare (the keyspace-notification capture, or Redis not
-        answering), the capture is taken to be caught up: the settle then only waits for
-        what Kafka already has."""
-        if master_offset is None or acked_offset is None:
-            self._marks.clear()
-            self.shipped_through_ms = at_ms
-            return at_ms
-        if self._marks and master_offset < self._marks[-1][1]:
+        While Redis does not answer, nothing more is claimed: a batch the capture read
+        before Redis went away may still be waiting to be versioned, and a write found
+        unversioned later is dated after this time (found by the fault suite: a write
+        made 5 ms before a Redis was killed, versioned after the restart, was dated by a
+        moment the region had claimed during the outage and beat later writes elsewhere)."""
+        if master is None:
+            return self.shipped_through_ms
+        if self._marks and (
+            master.replid != self._marks[-1][1].replid or master.offset < self._marks[-1][1].offset
+        ):
             self._marks.clear()  # a new replication history (Redis restarted)
-        self._marks.append((at_ms, master_offset))
-        while self._marks and self._marks[0][1] <= acked_offset:
+        self._marks.append((at_ms, master))
+        while (
+            acked is not None
+            and self._marks
+            and self._marks[0][1].replid == acked.replid
+            and self._marks[0][1].offset <= acked.offset
+        ):
             self.shipped_through_ms = self._marks.popleft()[0]
         return self.shipped_through_ms
+
+    def caught_up(self, at_ms: int) -> int:
+        """A capture without offsets (keyspace notifications): taken to be caught up, so
+        the settle only waits for what Kafka already has."""
+        self._marks.clear()
+        self.shipped_through_ms = at_ms
+        return at_ms
 
 
 def covers(applied: Offsets, target: Offsets) -> bool:
@@ -78,8 +99,8 @@ class Settler:
         region: str,
         peers: Peers,
         *,
-        master_offset: Callable[[], Awaitable[int | None]],
-        capture_acked: Callable[[], int | None],
+        master_position: Callable[[], Awaitable[CapturePosition | None]],
+        capture_acked: Callable[[], CapturePosition | None] | None,
         produced: Callable[[], Offsets],
         applied: Callable[[], Awaitable[dict[str, Offsets]]],
         end_offsets: Callable[[str], Awaitable[Offsets]],
@@ -87,7 +108,7 @@ class Settler:
     ) -> None:
         self.region = region
         self.peers = peers
-        self.master_offset = master_offset
+        self.master_position = master_position
         self.capture_acked = capture_acked
         self.produced = produced
         self.applied = applied
@@ -99,14 +120,22 @@ class Settler:
         """True once settled with `peer`; False if `timeout_s` passed first."""
         deadline = time.monotonic() + timeout_s
         self.waiting_for = ""
-        master0 = await self.master_offset()
+        master0 = await self.master_position()
         beats0 = {r: s.heartbeats for r, s in self.peers.state.items()}
         started: dict[str, int] = {}
         targets: dict[str, Offsets] = {}
         while True:
             if self.region not in targets:
-                acked = self.capture_acked()
-                if master0 is None or acked is None or acked >= master0:
+                acked = self.capture_acked() if self.capture_acked is not None else None
+                if (
+                    master0 is None
+                    or self.capture_acked is None
+                    or (
+                        acked is not None
+                        and acked.replid == master0.replid
+                        and acked.offset >= master0.offset
+                    )
+                ):
                     targets[self.region] = dict(self.produced())
             for region, state in self.peers.state.items():
                 if region in targets:

@@ -198,8 +198,12 @@ class Daemon:
         self.settler = Settler(
             self.region,
             self.peers,
-            master_offset=self.heartbeats.master_offset,
-            capture_acked=self.heartbeats.capture_acked,
+            master_position=self.heartbeats.master_position,
+            capture_acked=(
+                self.heartbeats.capture_position
+                if isinstance(self.source, ReplicationStreamSource)
+                else None
+            ),
             produced=lambda: self.producer.acked,
             applied=self.consumer.applied_offsets,
             end_offsets=self.consumer.end_offsets,
@@ -324,13 +328,18 @@ class Daemon:
             # live one, dated when read (dated as found late, it lost to an older remote
             # write and the failover client read its own write, then the older one).
             return LocalWrites(LocalVerdict.CAPTURED)
-        if not self.outbound.follows(position.replid) or (
-            not first_round and self.region_state.recovering
-        ):
-            # The capture never shows these: it is not in the Redis's history yet (what
+        streaming = isinstance(self.source, ReplicationStreamSource) and (
+            self.source.replid == position.replid
+        )
+        if not streaming or (not first_round and self.region_state.recovering):
+            # The capture never shows these: its stream is not the Redis's history (what
             # the Redis came back with, or took before the capture resyncs, is in the
-            # snapshot it skips), or it caught up and the key is still unversioned while
-            # the gap's sweep has not run. The sweep dates such writes; so do we, alike.
+            # snapshot it will skip), or it caught up and the key is still unversioned
+            # while the gap's sweep has not run. The sweep dates such writes; so do we.
+            # (A capture merely slow to version, a daemon still starting, streams the
+            # Redis's history: its writes are live. Judged by what the capture had
+            # versioned, they were found late, and lost to an older remote write: the
+            # fault suite's seed 23.)
             floor = await retrying(
                 self.recovery.found_late_floor_ms, what="reading the dataset's shipped mark"
             )
@@ -443,6 +452,11 @@ class Daemon:
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
         return task
+
+    @property
+    def stop_requested(self) -> bool:
+        """A stop was asked for (another `request_stop` would force the exit)."""
+        return self._signals > 0
 
     def request_stop(self) -> None:
         """Graceful stop (SIGTERM). A second request forces it."""

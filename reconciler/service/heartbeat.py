@@ -69,6 +69,13 @@ class Heartbeats:
             log.debug("master position not read: %s", exc)
             return None
 
+    def capture_position(self) -> CapturePosition | None:
+        """Where the capture has acknowledged the stream (None: nothing yet, or a capture
+        without offsets)."""
+        if not isinstance(self.source, ReplicationStreamSource):
+            return None
+        return self.source.position
+
     def capture_acked(self) -> int | None:
         """The stream offset the capture has acknowledged (None: a capture without offsets)."""
         if not isinstance(self.source, ReplicationStreamSource):
@@ -88,9 +95,12 @@ class Heartbeats:
         # `applied` is read before `at_ms` is taken: a peer's tombstone GC relies on every
         # write we made before applying what `applied` covers being older than `at_ms`.
         at_ms = now_ms()
-        shipped_through = self.watermark.sample(
-            at_ms, await self.master_offset(), self.capture_acked()
-        )
+        if isinstance(self.source, ReplicationStreamSource):
+            shipped_through = self.watermark.sample(
+                at_ms, await self.master_position(), self.source.position
+            )
+        else:
+            shipped_through = self.watermark.caught_up(at_ms)
         produced = dict(self.producer.acked)
         self.on_shipped_through(shipped_through)
         if self.gc is not None:

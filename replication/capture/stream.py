@@ -152,6 +152,12 @@ class ReplicationStreamSource(CaptureSource[_Delivery, PsyncSession]):
         """The acknowledged position (what a restart continues from)."""
         return self._position
 
+    @property
+    def replid(self) -> str | None:
+        """The replication history the stream follows: the server's since the last PSYNC
+        reply, the stored position's before the first (None: neither yet)."""
+        return self._replid
+
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the stored position, connect and send PSYNC; stream in the background.

@@ -74,7 +74,8 @@ async def two_daemons(
         yield daemons, clients
     finally:
         for daemon in daemons.values():
-            daemon.request_stop()
+            if not daemon.stop_requested:  # a test may have stopped one already
+                daemon.request_stop()
         codes = {}
         for region, task in runs.items():
             with contextlib.suppress(asyncio.CancelledError):
@@ -312,3 +313,86 @@ async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meet
             for gate in (sweep_gate, apply_gate, capture_gate):
                 gate.set()
             await restarted.aclose()
+
+
+@pytest.mark.timeout(180)
+async def test_monotonic_reads_when_a_write_taken_while_the_daemon_starts_meets_an_older_one(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """eu-west's daemon restarts (the same Redis: its capture continues the stream). us-east
+    writes fc:9; then, while the new daemon is still starting and its capture has versioned
+    nothing yet (held here, longer than the applier waits for it), eu-west takes a later
+    write of fc:9. When us-east's write reaches eu-west's applier, the local write is live:
+    versioned then, it wins in both regions. Judged by what the capture had versioned (no
+    batch of the Redis's history yet), it was found late and lost to the older remote
+    write (the fault suite's seed 23: the failover client read its write, then the older
+    value)."""
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        west, east = clients["eu-west"], clients["us-east"]
+        await east.set("fc:9", "first")
+
+        async def holds(client: aioredis.Redis, value: bytes) -> bool:
+            return bool(await client.get("fc:9") == value)
+
+        # Applied at eu-west first: the key's clock is known there (a write found late on
+        # it would get the smallest tick after that clock and lose to the next one).
+        await eventually(lambda: holds(west, b"first"), 30, "fc:9 replicated")
+        daemons["eu-west"].request_stop()
+
+        async def no_capture() -> bool:
+            return int((await west.info("replication"))["connected_slaves"]) == 0
+
+        await eventually(no_capture, 30, "eu-west's daemon to stop")
+        await east.set("fc:9", "older")
+
+        restarted = Daemon(load_config(tmp_path / "configs" / "eu-west.toml"))
+        capture_gate, apply_gate, apply_reached = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        handle = restarted.outbound.handle
+
+        async def held_handle(batch: CaptureBatch) -> None:
+            await capture_gate.wait()  # nothing versioned yet, as in a slow start
+            await handle(batch)
+
+        restarted.outbound.handle = held_handle  # type: ignore[method-assign]
+        apply = restarted.inbound._apply
+
+        async def held_apply(events: Sequence[ChangeEvent], source: str) -> ApplyReport:
+            if not apply_gate.is_set() and any(e.key == b"fc:9" for e in events):
+                apply_reached.set()
+                await apply_gate.wait()
+            return await apply(events, source)
+
+        restarted.inbound._apply = held_apply  # type: ignore[method-assign]
+        run = asyncio.create_task(restarted.run())
+        try:
+            await eventually(apply_reached.is_set, 60, "us-east's write to reach eu-west")
+
+            async def local_write() -> bool:
+                # Refused (NOREPLICAS) until the new capture follows the Redis.
+                try:
+                    return bool(await west.set("fc:9", "newer"))
+                except aioredis.ResponseError:
+                    return False
+
+            await eventually(local_write, 30, "eu-west to take the later write")
+            apply_gate.set()
+            await eventually(
+                lambda: restarted.inbound.stats.deferred >= 1, 30, "us-east's write deferred"
+            )
+            # The applier waits 2 s for the capture, then versions the write itself.
+            await asyncio.sleep(3.0)
+            capture_gate.set()
+
+            async def newer_everywhere() -> bool:
+                return await holds(west, b"newer") and await holds(east, b"newer")
+
+            await eventually(newer_everywhere, 30, "both regions to hold the later write")
+            assert restarted.inbound.stats.deferred_found_late == 0
+            await asyncio.sleep(1.0)  # nothing turns it back
+            assert await newer_everywhere()
+        finally:
+            capture_gate.set()
+            apply_gate.set()
+            restarted.request_stop()
+            code = await asyncio.wait_for(run, 60)
+        assert code == 0
