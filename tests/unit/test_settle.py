@@ -33,7 +33,7 @@ def test_a_new_replication_history_drops_the_old_marks() -> None:
     assert w.sample(2000, master=at(20), acked=at(20)) == 2000
 
 
-def test_an_offset_acknowledged_in_the_old_history_reaches_nothing_in_the_new_one() -> None:
+def test_no_lost_winner_an_offset_acknowledged_in_an_old_history_reaches_no_new_mark() -> None:
     """A restarted Redis's small offsets are below the capture's position in the old
     history: compared as numbers, every new mark was reached at once, and the region
     claimed as shipped what its capture had not even read."""
@@ -43,7 +43,7 @@ def test_an_offset_acknowledged_in_the_old_history_reaches_nothing_in_the_new_on
     assert w.sample(3000, master=at(40), acked=at(20)) == 2000
 
 
-def test_nothing_more_is_claimed_shipped_while_redis_does_not_answer() -> None:
+def test_no_lost_winner_nothing_more_is_claimed_shipped_while_redis_does_not_answer() -> None:
     """A batch the capture read before Redis went away may still wait to be versioned:
     the fault suite's seed 21 (a write 5 ms before a kill beat later writes elsewhere,
     dated by a moment claimed during the outage)."""
