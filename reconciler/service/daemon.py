@@ -55,7 +55,7 @@ from reconciler.service.instance import InstanceGuard
 from reconciler.service.metrics import DaemonCollector
 from reconciler.service.notify import ServiceNotifier, status_text
 from reconciler.service.parts import DaemonParts
-from reconciler.service.recovery import Recovery
+from reconciler.service.recovery import CaptureBehindError, Recovery
 from reconciler.service.regionstate import RegionState, Status
 from reconciler.service.sessions import SessionRunner
 from reconciler.service.shippedfloor import ShippedFloor
@@ -87,6 +87,8 @@ STOP_DEADLINE_S = 30.0
 # How long a remote write that found a local one unversioned waits for the capture to
 # version it (dated when read) before the inbound versions it itself (dated now).
 DEFERRED_WAIT_S = 2.0
+# How often the recovery sweep, waiting for the capture, says so in the log.
+SWEEP_SETTLE_S = 5.0
 
 
 class Daemon:
@@ -230,6 +232,7 @@ class Daemon:
             transient_retry_s=config.apply.transient_retry_s,
             stall=self.stall,
             judge_local=self._judge_local,
+            capture_settled=self._capture_settled_briefly,
         )
         # systemd, if under it (the status line is read once the parts exist, below)
         self.notifier = ServiceNotifier(lambda: status_text(self.parts))
@@ -269,6 +272,7 @@ class Daemon:
             notifier=self.notifier,
             spawn=self._spawn,
             stopping=self._stopping,
+            capture_settled=self._capture_settled,
         )
         self.parts = DaemonParts(
             region=self.region,
@@ -318,9 +322,10 @@ class Daemon:
         await self.recovery.check_instance()
         # Only with offsets, and only in the history the Redis is in now: a restarted
         # Redis's offsets start again, and its small ones would look caught up at once.
-        position = None
-        if self.heartbeats.capture_acked() is not None:
-            position = await self.heartbeats.master_position()
+        source = self.source
+        if not isinstance(source, ReplicationStreamSource):
+            return LocalWrites(LocalVerdict.LIVE)
+        position = await self.heartbeats.master_position()
         if position is None:
             return LocalWrites(LocalVerdict.LIVE)
         if first_round and await self.outbound.versioned_through(position, DEFERRED_WAIT_S):
@@ -328,9 +333,7 @@ class Daemon:
             # live one, dated when read (dated as found late, it lost to an older remote
             # write and the failover client read its own write, then the older one).
             return LocalWrites(LocalVerdict.CAPTURED)
-        streaming = isinstance(self.source, ReplicationStreamSource) and (
-            self.source.replid == position.replid
-        )
+        streaming = source.replid == position.replid
         if not streaming or (not first_round and self.region_state.recovering):
             # The capture never shows these: its stream is not the Redis's history (what
             # the Redis came back with, or took before the capture resyncs, is in the
@@ -345,6 +348,44 @@ class Daemon:
             )
             return LocalWrites(LocalVerdict.FOUND_LATE, floor)
         return LocalWrites(LocalVerdict.LIVE)
+
+    async def _capture_settled(self) -> None:
+        """For the recovery sweep: return once the capture has versioned everything the
+        Redis had written when called, so that what the sweep then finds unversioned is
+        only what the capture will never show (see `Versioner.version_found_late`).
+
+        Waits as long as that takes (a capture reconnecting, a backlog); raises
+        `CaptureBehindError` (the pass is retried) if the Redis does not answer, or its
+        history changed meanwhile (a restart: another gap is on its way). A capture
+        without positions (keyspace notifications) is not waited for (README: its limits)."""
+        if not isinstance(self.source, ReplicationStreamSource):
+            return
+        position = await self.heartbeats.master_position()
+        if position is None:
+            raise CaptureBehindError("the Redis did not say where its replication stream is")
+        while not await self.outbound.versioned_through(position, SWEEP_SETTLE_S):
+            now = await self.heartbeats.master_position()
+            if self._stopping.is_set() or now is None or now.replid != position.replid:
+                raise CaptureBehindError(
+                    f"the capture has not versioned the Redis's stream through offset "
+                    f"{position.offset} of history {position.replid[:12]}, and the Redis "
+                    f"{'stopped answering' if now is None else 'moved on'}"
+                )
+            log.info(
+                "recovery sweep: waiting for the capture to version through offset %d "
+                "(versioned through %d)",
+                position.offset,
+                self.outbound.versioned_offset,
+            )
+
+    async def _capture_settled_briefly(self) -> None:
+        """For the applier's writes found late: `_capture_settled`, up to DEFERRED_WAIT_S
+        (a remote write does not wait longer; the recovery sweep catches what it leaves)."""
+        if not isinstance(self.source, ReplicationStreamSource):
+            return
+        position = await self.heartbeats.master_position()
+        if position is not None:
+            await self.outbound.versioned_through(position, DEFERRED_WAIT_S)
 
     def _make_source(self) -> ChangeSource:
         cfg = self.config.redis

@@ -39,11 +39,18 @@ from replication.pipeline.publisher import Publisher
 from replication.redis.resp import RespConnection
 from replication.transport.consumer import ChangeConsumer
 
-__all__ = ["Recovery"]
+__all__ = ["CaptureBehindError", "Recovery"]
 
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None] | None"]
+
+
+class CaptureBehindError(ReconcilerError):
+    """The recovery sweep could not wait for the capture to reach the Redis's stream (the
+    Redis stopped answering, or restarted again): the pass is retried."""
+
+    retriable = True
 
 
 class Recovery:
@@ -66,6 +73,7 @@ class Recovery:
         notifier: ServiceNotifier,
         spawn: Spawn,
         stopping: asyncio.Event,
+        capture_settled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -81,6 +89,7 @@ class Recovery:
         self.notifier = notifier
         self._spawn = spawn
         self._stopping = stopping
+        self._capture_settled = capture_settled
         self.catch_up = CatchUp()
         # Until the first sample: a daemon that starts has not shown it is caught up.
         region_state.caught_up = False
@@ -187,7 +196,9 @@ class Recovery:
         await self.rebuild_index()
         swept = 0
         for db in self.config.redis.dbs:
-            swept += await self.publisher.sweep(db, late_floor_ms=dated_ms)
+            swept += await self.publisher.sweep(
+                db, late_floor_ms=dated_ms, settle=self._capture_settled
+            )
         return swept
 
     async def rebuild_index(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,9 @@ from replication.redis.library import (
     VersionStatus,
     ensure_library,
     is_missing_function,
+    parse_probe_many_reply,
     parse_version_many_reply,
+    probe_many_command,
     version_many_command,
 )
 from replication.redis.resp import RedisCommandError
@@ -109,6 +111,7 @@ class Versioner:
         late: bool = False,
         late_floor_ms: int | None = None,
         read_ms: int | None = None,
+        expect: Mapping[int, Mapping[bytes, bytes]] | None = None,
     ) -> VersionReport:
         """Version the touched keys of every db; returns what to ship.
 
@@ -135,7 +138,10 @@ class Versioner:
         after it was made and beat writes made elsewhere meanwhile (found by the fault
         suite: writes taken between the capture's attach at a restart and the end of the
         startup). Above what the clock had observed then (`HybridClock.at`), and never
-        before the floor: this region announced every write before it shipped."""
+        before the floor: this region announced every write before it shipped.
+
+        `expect` (per db, per key: the state token it was probed with) leaves alone a key
+        whose state changed since (see `version_found_late`)."""
         report = VersionReport()
         floor_ms = self.late_floor_ms if late_floor_ms is None else late_floor_ms
         if replay:
@@ -152,11 +158,14 @@ class Versioner:
         for db, db_keys in keys.items():
             batch = [k for k in db_keys if not is_internal(k)]
             chunks = [batch[i : i + PIPELINE_KEYS] for i in range(0, len(batch), PIPELINE_KEYS)]
+            tokens = None if expect is None else expect.get(db, {})
             previous: tuple[list[Sequence[bytes]], list[Any]] | None = None
             for chunk in chunks:
                 # Redis runs this chunk while we turn the previous one's replies into
                 # events, instead of each side waiting for the other.
-                fetch = asyncio.ensure_future(self._fetch(db, chunk, tick, replay, delete_tick))
+                fetch = asyncio.ensure_future(
+                    self._fetch(db, chunk, tick, replay, delete_tick, tokens=tokens)
+                )
                 try:
                     if previous is not None:
                         await asyncio.sleep(0)  # the fetch sends its commands first
@@ -172,10 +181,16 @@ class Versioner:
         return report
 
     async def _fetch(
-        self, db: int, keys: Sequence[bytes], tick: int, replay: bool, delete_tick: int
+        self,
+        db: int,
+        keys: Sequence[bytes],
+        tick: int,
+        replay: bool,
+        delete_tick: int,
+        *,
+        tokens: Mapping[bytes, bytes] | None = None,
     ) -> tuple[list[Sequence[bytes]], list[Any]]:
         """One round trip: rr_version_many for `keys`; (key groups, their replies)."""
-        conn = await self._conns.get(db)
         groups = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
         commands = [
             version_many_command(
@@ -184,9 +199,16 @@ class Versioner:
                 tick,
                 replay=replay,
                 delete_tick=None if delete_tick == tick else delete_tick,
+                expect=None if tokens is None else [tokens.get(k, b"") for k in g],
             )
             for g in groups
         ]
+        return groups, await self._call(db, commands, "versioning")
+
+    async def _call(self, db: int, commands: list[Any], what: str) -> list[Any]:
+        """One pipeline of library calls in db `db`, the library loaded again if the Redis
+        lost it; a reply error is raised."""
+        conn = await self._conns.get(db)
         replies = await conn.pipeline(commands)
         if any(is_missing_function(r) for r in replies):
             # The Redis restarted empty (or was flushed of functions): load and redo.
@@ -194,8 +216,52 @@ class Versioner:
             replies = await conn.pipeline(commands)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
-                raise RedisCommandError(f"versioning keys in db {db} failed: {reply}", reply)
-        return groups, replies
+                raise RedisCommandError(f"{what} keys in db {db} failed: {reply}", reply)
+        return replies
+
+    async def probe(self, db: int, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The keys of `keys` (in db `db`) that versioning would change, each with the
+        token of its state now (read only)."""
+        keys = [k for k in keys if not is_internal(k)]
+        groups = [keys[i : i + KEYS_PER_CALL] for i in range(0, len(keys), KEYS_PER_CALL)]
+        replies = await self._call(db, [probe_many_command(g) for g in groups], "probing")
+        found: dict[bytes, bytes] = {}
+        for group, reply in zip(groups, replies, strict=True):
+            found.update(parse_probe_many_reply(reply, group))
+        return found
+
+    async def version_found_late(
+        self,
+        keys: Mapping[int, Sequence[bytes]],
+        *,
+        late_floor_ms: int | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> VersionReport:
+        """Version, as found late (`version(late=True)`), what `keys` hold that the capture
+        will never show: what a Redis came back with after a gap, or took before the
+        capture resynced.
+
+        The keys are probed first; then `settle` waits until the capture has versioned
+        everything the Redis had written by then; then only a key whose state is still the
+        one probed, and still unversioned, is versioned here. Anything else was written
+        while the region was live again: the capture versions it, dated when it read it.
+        (Versioned here instead, a write made just after a restart was dated by the floor
+        and lost to an older write: the fault suite's seeds 29 and 37.)"""
+        expect: dict[int, dict[bytes, bytes]] = {}
+        for db, db_keys in keys.items():
+            found = await self.probe(db, db_keys)
+            if found:
+                expect[db] = found
+        if not expect:
+            return VersionReport()
+        if settle is not None:
+            await settle()
+        return await self.version(
+            {db: list(found) for db, found in expect.items()},
+            late=True,
+            late_floor_ms=late_floor_ms,
+            expect=expect,
+        )
 
     def _collect(
         self,
@@ -230,18 +296,25 @@ class Versioner:
                         report.reshipped += 1
 
     async def sweep(
-        self, db: int, *, late_floor_ms: int | None = None
+        self,
+        db: int,
+        *,
+        late_floor_ms: int | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[VersionReport]:
         """Version every user key and every metadata entry of `db`, in chunks.
 
         Finds what a gap hid: keys written (present, digest != metadata) and keys deleted
         (absent, metadata still live). Yields a report per chunk, so the caller can ship
         as it goes and memory stays bounded. `late_floor_ms` (None: the versioner's own)
-        dates keys without metadata and deletes (see `version`).
+        dates keys without metadata and deletes (see `version`); `settle`: see
+        `version_found_late`.
         """
         conn = await self._conns.get(db)
         async for keys in user_keys(conn):
-            yield await self.version({db: keys}, late=True, late_floor_ms=late_floor_ms)
+            yield await self.version_found_late(
+                {db: keys}, late_floor_ms=late_floor_ms, settle=settle
+            )
         async for entries in metadata_entries(conn):
             # Only entries whose key is gone can be news here (present keys were just
             # versioned by the key scan); EXISTS in one pipeline filters them.
@@ -249,4 +322,6 @@ class Versioner:
             exists = await conn.pipeline([("EXISTS", f) for f in fields])
             gone = [f for f, e in zip(fields, exists, strict=True) if e == 0]
             if gone:
-                yield await self.version({db: gone}, late=True, late_floor_ms=late_floor_ms)
+                yield await self.version_found_late(
+                    {db: gone}, late_floor_ms=late_floor_ms, settle=settle
+                )

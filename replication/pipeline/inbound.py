@@ -131,6 +131,7 @@ class Inbound:
         transient_retry_s: float = 30.0,
         stall: StallWatch | None = None,
         judge_local: Callable[[bool], Awaitable[LocalWrites]] = _live,
+        capture_settled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.applier = applier
@@ -144,6 +145,9 @@ class Inbound:
         # Called with whether this is the first round for these events (only then is the
         # capture waited for).
         self.judge_local = judge_local
+        # Waits (bounded) for the capture to version what Redis has written so far; before
+        # writes found late are versioned, so that only what it never shows is.
+        self.capture_settled = capture_settled
         self.stats = InboundStats()
         self.latency = StageLatency.of(PEER_STAGES)
         self._stopping = asyncio.Event()
@@ -308,10 +312,10 @@ class Inbound:
             keys.setdefault(event.db, set()).add(event.key)
         if judged.verdict is LocalVerdict.FOUND_LATE:
             self.stats.deferred_found_late += len(deferred)
-            local = await self.publisher.publish(
+            local = await self.publisher.publish_found_late(
                 keys,
-                late=True,
                 late_floor_ms=judged.late_floor_ms,
+                settle=self.capture_settled,
                 retry="versioning deferred keys found late",
             )
         else:

@@ -14,7 +14,7 @@ reached through `ChangeIndex`, so this layer never imports the consistency layer
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +74,27 @@ class Publisher:
         )
         return Publication(report, await self.send(report.changes))
 
+    async def publish_found_late(
+        self,
+        keys: Mapping[int, Iterable[bytes]],
+        *,
+        late_floor_ms: int | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
+        retry: str,
+    ) -> Publication:
+        """Version and ship what `keys` hold that the capture will never show, as found
+        late (`Versioner.version_found_late`); retried while Redis is unreachable."""
+        listed = {db: list(db_keys) for db, db_keys in keys.items()}
+
+        def version() -> Awaitable[VersionReport]:
+            return self.versioner.version_found_late(
+                listed, late_floor_ms=late_floor_ms, settle=settle
+            )
+
+        report = await retrying(version, what=retry)
+        self.record(report.changes)
+        return Publication(report, await self.send(report.changes))
+
     async def version(
         self,
         keys: Mapping[int, Iterable[bytes]],
@@ -117,12 +138,18 @@ class Publisher:
         self.record(changes)
         return await self.send(changes)
 
-    async def sweep(self, db: int, *, late_floor_ms: int | None = None) -> int:
+    async def sweep(
+        self,
+        db: int,
+        *,
+        late_floor_ms: int | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """Version every key and metadata entry of `db` (after a gap) and ship what the
         stream did not show, each chunk acknowledged by Kafka before the next; returns the
-        number of changes shipped. `late_floor_ms`: see `Versioner.sweep`."""
+        number of changes shipped. `late_floor_ms`, `settle`: see `Versioner.sweep`."""
         shipped = 0
-        async for report in self.versioner.sweep(db, late_floor_ms=late_floor_ms):
+        async for report in self.versioner.sweep(db, late_floor_ms=late_floor_ms, settle=settle):
             shipment = await self.ship(report.changes)
             if shipment is not None:
                 await shipment.wait()

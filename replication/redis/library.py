@@ -24,7 +24,7 @@ from replication.model.metadata import decode_meta
 from replication.model.slots import key_slot
 from replication.model.value import Kind, Value
 from replication.model.vclock import MAX_CLOCK_ENTRY, VectorClock
-from replication.redis.resp import RespConnection
+from replication.redis.resp import RedisCommandError, RespConnection
 
 
 @lru_cache(maxsize=1)
@@ -108,9 +108,12 @@ def version_many_command(
     *,
     replay: bool = False,
     delete_tick: int | None = None,
+    expect: Sequence[bytes] | None = None,
 ) -> Command:
     """FCALL rr_version_many for several keys (one script call, replies in one array);
-    `delete_tick` dates the deletes when it must differ from `tick`."""
+    `delete_tick` dates the deletes when it must differ from `tick`; `expect`: the state
+    token each key was probed with (`probe_many_command`), a key whose state changed since
+    is left alone."""
     args: list[bytes] = []
     for key in keys:
         args += [key, meta_key_for(key)]
@@ -123,7 +126,27 @@ def version_many_command(
         tick,
         b"1" if replay else b"0",
     )
+    if expect is not None:
+        if len(expect) != len(keys):
+            raise ValueError("one expected state token per key")
+        return (*command, tick if delete_tick is None else delete_tick, *expect)
     return command if delete_tick is None else (*command, delete_tick)
+
+
+def probe_many_command(keys: Sequence[bytes]) -> Command:
+    """FCALL_RO rr_probe_many: for each key b"" if versioning it would find nothing, else
+    the token of its state now (see the library)."""
+    args: list[bytes] = []
+    for key in keys:
+        args += [key, meta_key_for(key)]
+    return ("FCALL_RO", "rr_probe_many", len(args), *args)
+
+
+def parse_probe_many_reply(reply: Any, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+    """The keys of a `probe_many_command` that versioning would change, with their tokens."""
+    if not isinstance(reply, list) or len(reply) != len(keys):
+        raise RedisCommandError(f"rr_probe_many answered {type(reply).__name__}, not a list", reply)
+    return {key: token for key, token in zip(keys, reply, strict=True) if token}
 
 
 def apply_many_command(

@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -42,6 +43,34 @@ async def eventually(predicate: object, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+class Hold:
+    """Holds the calls of `owner.name` that `when(*args)` picks until `release()`;
+    `reached` is set by the first one held."""
+
+    def __init__(
+        self, owner: object, name: str, when: Callable[..., bool] = lambda *args: True
+    ) -> None:
+        self.reached = asyncio.Event()
+        self._gate = asyncio.Event()
+        original = getattr(owner, name)
+
+        async def held(*args: Any) -> Any:
+            if not self._gate.is_set() and when(*args):
+                self.reached.set()
+                await self._gate.wait()
+            return await original(*args)
+
+        setattr(owner, name, held)
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+def touches(key: bytes) -> Callable[[CaptureBatch], bool]:
+    """For `Hold`: a capture batch that holds a write of `key`."""
+    return lambda batch: any(key in keys for keys in batch.keys.values())
 
 
 @contextlib.asynccontextmanager
@@ -312,6 +341,66 @@ async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meet
         finally:
             for gate in (sweep_gate, apply_gate, capture_gate):
                 gate.set()
+            await restarted.aclose()
+
+
+@pytest.mark.timeout(180)
+async def test_no_lost_winner_when_the_recovery_sweep_meets_a_write_made_after_the_capture_resynced(
+    tmp_path: Path, kafka: KafkaBroker, redis_factory: RedisFactory
+) -> None:
+    """eu-west's Redis restarts empty; the moment it last announced shipped is from before
+    (frozen here, as under a paused daemon). us-east writes fc:6 (its apply at eu-west held);
+    then eu-west takes a later write of fc:6, which its capture reads but does not version
+    yet (held), while the recovery sweep runs. That write is live, not one the Redis came
+    back with: the sweep leaves it to the capture, dated when read, and it wins in both
+    regions. Found by the sweep and dated by that old floor, it lost to the older remote
+    write (the fault suite's seeds 29 and 37: a key ended deleted, or with an older value,
+    after a later acknowledged write)."""
+    async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
+        a = daemons["eu-west"]
+        server = next(s for s in redis_factory.servers if s.name == "eu-west")
+        shipped_through = a.heartbeats.on_shipped_through
+        a.heartbeats.on_shipped_through = lambda ms: None  # the floor stays before the kill
+        sweep = Hold(a.recovery, "_rebuild_and_sweep")
+        apply = Hold(
+            a.inbound, "_apply", lambda events, source: any(e.key == b"fc:6" for e in events)
+        )
+        capture = Hold(a.outbound, "handle", touches(b"fc:6"))
+        server.kill9()
+        server.wipe_data()
+        server.start()
+        restarted = aioredis.Redis.from_url(server.url)
+        try:
+            await eventually(sweep.reached.is_set, 30, "eu-west to start recovering")
+            replid = (await restarted.info("replication"))["master_replid"]
+            await eventually(lambda: a.outbound.follows(replid), 30, "the capture to resync")
+            await clients["us-east"].set("fc:6", "older")
+            await eventually(apply.reached.is_set, 30, "us-east's write to reach eu-west")
+            await asyncio.sleep(0.2)  # the local write comes later, measurably
+            await restarted.set("fc:6", "newer")
+            await eventually(capture.reached.is_set, 10, "eu-west's capture to read it")
+            sweep.release()
+            await asyncio.sleep(0.5)  # the sweep has scanned the key meanwhile
+            position = await a.heartbeats.master_position()
+            assert position is not None
+            capture.release()
+            assert await a.outbound.versioned_through(position, 30)
+            apply.release()
+
+            async def newer_everywhere() -> bool:
+                values = [await c.get("fc:6") for c in (restarted, clients["us-east"])]
+                return values == [b"newer", b"newer"]
+
+            await eventually(newer_everywhere, 30, "both regions to hold the later write")
+            a.heartbeats.on_shipped_through = shipped_through
+            await eventually(
+                lambda: a.region_state.status == Status.CONSISTENT, 60, "eu-west repaired"
+            )
+            assert await newer_everywhere()
+        finally:
+            for hold in (sweep, apply, capture):
+                hold.release()
+            a.heartbeats.on_shipped_through = shipped_through
             await restarted.aclose()
 
 

@@ -248,6 +248,14 @@ local function clock_refused(clock, region, n, out)
   return true
 end
 
+-- What a key holds, in one comparable string: 'n' absent, 'u' .. type for a type we do not
+-- replicate, 'd' .. digest otherwise. `dig`: the digest of the key's value (nil if none).
+local function state_token(kind, dig)
+  if kind == 'none' then return 'n' end
+  if not dig then return 'u' .. kind end
+  return 'd' .. dig
+end
+
 -- Versions one key (see rr_version). Appends its reply to `out`, flat:
 --   0                                   nothing to ship (an echo of an apply, a no-op, an expiry)
 --   1, kind, value, meta_raw, old_digest a new local version (meta_raw: what was stored)
@@ -257,13 +265,18 @@ end
 --                                       written; the key's clock is at the top of its range)
 -- value: a string (strings; '' for a delete) or a flat table (other kinds). meta_raw holds
 -- the digest, origin, expiry and clock of the version, in the stored layout.
-local function version_key(key, mkey, region, tick, replay, out, dtick)
+local function version_key(key, mkey, region, tick, replay, out, dtick, expect)
   -- dtick: the tick of a delete (a tombstone) and of a key without metadata, when it must
   -- differ from the tick of a key whose clock is known (writes found late: the versioner)
+  -- expect: the key's state token (see state_token) when it was probed; a key whose state
+  -- changed since is left alone (0): that is a later write, the capture versions it.
   dtick = dtick or tick
   local n = #out
   local raw = redis.call('HGET', mkey, key)
   local kind, value, exp = read_state(key)
+  local dig = nil
+  if kind ~= 'none' then dig = digest(kind, value, exp) end
+  if expect and state_token(kind, dig) ~= expect then out[n + 1] = 0; return end
   if kind == 'none' then
     if not raw then out[n + 1] = 0; return end
     local meta = cmsgpack.unpack(raw)
@@ -285,7 +298,6 @@ local function version_key(key, mkey, region, tick, replay, out, dtick)
     out[n + 1] = 1; out[n + 2] = 'none'; out[n + 3] = ''; out[n + 4] = packed; out[n + 5] = old
     return
   end
-  local dig = digest(kind, value, exp)
   if not dig then
     -- A type we do not replicate (a stream, a module type). If the key was replicated
     -- until now, for the other regions it is gone: ship that as a delete.
@@ -352,7 +364,36 @@ local function rr_version_many(keys, args)
   local region, tick, replay = args[1], tonumber(args[2]), args[3] == '1'
   local dtick = args[4] and tonumber(args[4]) or tick
   for i = 1, #keys, 2 do
-    version_key(keys[i], keys[i + 1], region, tick, replay, out, dtick)
+    -- ARGV[5..]: the state token each key was probed with, if it was (rr_probe_many)
+    version_key(keys[i], keys[i + 1], region, tick, replay, out, dtick, args[4 + (i + 1) / 2])
+  end
+  return out
+end
+
+-- rr_probe_many(KEYS: key1, metahash1, key2, metahash2, ...): for each key, '' if
+-- versioning it would find nothing (its state agrees with its metadata; absent with a
+-- tombstone, no metadata or an expired version), else its state token (state_token). Read
+-- only. Writes found late after a gap are probed, then versioned with these tokens once the
+-- capture has versioned everything written before the probe: only a state the capture
+-- never shows (what the Redis came back with) is then dated as found late.
+local function rr_probe_many(keys, args)
+  local out = {}
+  local now = now_ms()
+  for i = 1, #keys, 2 do
+    local key, mkey = keys[i], keys[i + 1]
+    local raw = redis.call('HGET', mkey, key)
+    local kind, value, exp = read_state(key)
+    local token = ''
+    if kind == 'none' then
+      if raw then
+        local meta = cmsgpack.unpack(raw)
+        if meta[4] == 0 and not expired(meta, now) then token = 'n' end
+      end
+    else
+      local dig = digest(kind, value, exp)
+      if not dig or meta_digest(raw) ~= dig then token = state_token(kind, dig) end
+    end
+    out[#out + 1] = token
   end
   return out
 end
@@ -544,6 +585,9 @@ redis.register_function('rr_apply_many', rr_apply_many)
 redis.register_function('rr_mark_verified', rr_mark_verified)
 redis.register_function('rr_status', rr_status)
 redis.register_function{ function_name = 'rr_read', callback = rr_read, flags = { 'no-writes' } }
+redis.register_function{
+  function_name = 'rr_probe_many', callback = rr_probe_many, flags = { 'no-writes' },
+}
 redis.register_function{ function_name = 'rr_digest', callback = rr_digest, flags = { 'no-writes' } }
 redis.register_function{
   function_name = 'rr_lib_version',
