@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,7 @@ from reconciler.service.daemon import Daemon
 from reconciler.service.regionstate import Status
 from reconciler.status import decode_status, parse_run_id
 from replication.capture.batch import CaptureBatch
-from replication.model.event import ChangeEvent
 from replication.model.keys import STATUS_KEY
-from replication.pipeline.applier import ApplyReport
 from tests.servers import RedisFactory
 
 pytestmark = pytest.mark.integration
@@ -206,16 +204,7 @@ async def test_no_lost_winner_after_a_redis_restart_brings_back_a_write_nothing_
                 await handle(batch)
 
         a.outbound.handle = losing_handle  # type: ignore[method-assign]
-        sweep_reached = asyncio.Event()
-        release = asyncio.Event()
-        sweep = a.recovery._rebuild_and_sweep
-
-        async def held_sweep() -> int:
-            sweep_reached.set()
-            await release.wait()
-            return await sweep()
-
-        a.recovery._rebuild_and_sweep = held_sweep  # type: ignore[method-assign]
+        sweep = Hold(a.recovery, "_rebuild_and_sweep")
         await clients["eu-west"].config_set("appendfsync", "always")
         await clients["eu-west"].set("fc:3", "restored")
         server.kill9()
@@ -234,8 +223,8 @@ async def test_no_lost_winner_after_a_redis_restart_brings_back_a_write_nothing_
             await eventually(
                 lambda: holds(clients["us-east"], b"later"), 30, "us-east to keep its write"
             )
-            assert sweep_reached.is_set()
-            release.set()
+            assert sweep.reached.is_set()
+            sweep.release()
             await eventually(
                 lambda: a.region_state.status == Status.CONSISTENT, 60, "eu-west repaired"
             )
@@ -244,7 +233,7 @@ async def test_no_lost_winner_after_a_redis_restart_brings_back_a_write_nothing_
                 b"later",
             ]
         finally:
-            release.set()
+            sweep.release()
             await restarted.aclose()
 
 
@@ -263,43 +252,20 @@ async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meet
     async with two_daemons(tmp_path, kafka, redis_factory) as (daemons, clients):
         a = daemons["eu-west"]
         server = next(s for s in redis_factory.servers if s.name == "eu-west")
-        sweep_reached, sweep_gate = asyncio.Event(), asyncio.Event()
-        sweep = a.recovery._rebuild_and_sweep
-
-        async def held_sweep() -> int:
-            sweep_reached.set()
-            await sweep_gate.wait()
-            return await sweep()
-
-        a.recovery._rebuild_and_sweep = held_sweep  # type: ignore[method-assign]
-        apply_reached, apply_gate = asyncio.Event(), asyncio.Event()
-        apply = a.inbound._apply
-
+        sweep = Hold(a.recovery, "_rebuild_and_sweep")
         holding = False
-
-        async def held_apply(events: Sequence[ChangeEvent], source: str) -> ApplyReport:
-            if holding and not apply_gate.is_set() and any(e.key == b"fc:5" for e in events):
-                apply_reached.set()
-                await apply_gate.wait()
-            return await apply(events, source)
-
-        a.inbound._apply = held_apply  # type: ignore[method-assign]
-        capture_reached, capture_gate = asyncio.Event(), asyncio.Event()
-        handle = a.outbound.handle
-
-        async def held_handle(batch: CaptureBatch) -> None:
-            if any(b"fc:5" in keys for keys in batch.keys.values()):
-                capture_reached.set()
-                await capture_gate.wait()
-            await handle(batch)
-
-        a.outbound.handle = held_handle  # type: ignore[method-assign]
+        apply = Hold(
+            a.inbound,
+            "_apply",
+            lambda events, source: holding and any(e.key == b"fc:5" for e in events),
+        )
+        capture = Hold(a.outbound, "handle", touches(b"fc:5"))
         server.kill9()
         server.wipe_data()
         server.start()
         restarted = aioredis.Redis.from_url(server.url)
         try:
-            await eventually(sweep_reached.is_set, 30, "eu-west to start recovering")
+            await eventually(sweep.reached.is_set, 30, "eu-west to start recovering")
             replid = (await restarted.info("replication"))["master_replid"]
             await eventually(lambda: a.outbound.follows(replid), 30, "the capture to resync")
             # Applied at eu-west: the key's clock is known there (a write found late on it
@@ -312,18 +278,18 @@ async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meet
             await eventually(first_applied, 30, "us-east's first write to reach eu-west")
             holding = True
             await clients["us-east"].set("fc:5", "older")
-            await eventually(apply_reached.is_set, 30, "us-east's write to reach eu-west")
+            await eventually(apply.reached.is_set, 30, "us-east's write to reach eu-west")
             await asyncio.sleep(0.2)  # the local write comes later, measurably
             await restarted.set("fc:5", "newer")
-            await eventually(capture_reached.is_set, 10, "eu-west's capture to read it")
-            apply_gate.set()
+            await eventually(capture.reached.is_set, 10, "eu-west's capture to read it")
+            apply.release()
             await eventually(
                 lambda: a.inbound.stats.deferred >= 1, 30, "eu-west to defer us-east's write"
             )
             # Well inside the applier's wait for the capture (2 s), and long enough for a
             # versioning of its own to go first.
             await asyncio.sleep(0.5)
-            capture_gate.set()
+            capture.release()
 
             async def newer_everywhere() -> bool:
                 values = [await c.get("fc:5") for c in (restarted, clients["us-east"])]
@@ -333,14 +299,14 @@ async def test_monotonic_reads_when_a_write_taken_while_the_region_recovers_meet
             assert a.region_state.recovering  # all of it while the region recovered
             assert a.inbound.stats.deferred_to_capture >= 1
             assert a.inbound.stats.deferred_found_late == 0
-            sweep_gate.set()
+            sweep.release()
             await eventually(
                 lambda: a.region_state.status == Status.CONSISTENT, 60, "eu-west repaired"
             )
             assert await newer_everywhere()
         finally:
-            for gate in (sweep_gate, apply_gate, capture_gate):
-                gate.set()
+            for hold in (sweep, apply, capture):
+                hold.release()
             await restarted.aclose()
 
 
@@ -435,26 +401,15 @@ async def test_monotonic_reads_when_a_write_taken_while_the_daemon_starts_meets_
         await east.set("fc:9", "older")
 
         restarted = Daemon(load_config(tmp_path / "configs" / "eu-west.toml"))
-        capture_gate, apply_gate, apply_reached = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        handle = restarted.outbound.handle
-
-        async def held_handle(batch: CaptureBatch) -> None:
-            await capture_gate.wait()  # nothing versioned yet, as in a slow start
-            await handle(batch)
-
-        restarted.outbound.handle = held_handle  # type: ignore[method-assign]
-        apply = restarted.inbound._apply
-
-        async def held_apply(events: Sequence[ChangeEvent], source: str) -> ApplyReport:
-            if not apply_gate.is_set() and any(e.key == b"fc:9" for e in events):
-                apply_reached.set()
-                await apply_gate.wait()
-            return await apply(events, source)
-
-        restarted.inbound._apply = held_apply  # type: ignore[method-assign]
+        capture = Hold(restarted.outbound, "handle")  # nothing versioned yet: a slow start
+        apply = Hold(
+            restarted.inbound,
+            "_apply",
+            lambda events, source: any(e.key == b"fc:9" for e in events),
+        )
         run = asyncio.create_task(restarted.run())
         try:
-            await eventually(apply_reached.is_set, 60, "us-east's write to reach eu-west")
+            await eventually(apply.reached.is_set, 60, "us-east's write to reach eu-west")
 
             async def local_write() -> bool:
                 # Refused (NOREPLICAS) until the new capture follows the Redis.
@@ -464,13 +419,13 @@ async def test_monotonic_reads_when_a_write_taken_while_the_daemon_starts_meets_
                     return False
 
             await eventually(local_write, 30, "eu-west to take the later write")
-            apply_gate.set()
+            apply.release()
             await eventually(
                 lambda: restarted.inbound.stats.deferred >= 1, 30, "us-east's write deferred"
             )
             # The applier waits 2 s for the capture, then versions the write itself.
             await asyncio.sleep(3.0)
-            capture_gate.set()
+            capture.release()
 
             async def newer_everywhere() -> bool:
                 return await holds(west, b"newer") and await holds(east, b"newer")
@@ -480,8 +435,8 @@ async def test_monotonic_reads_when_a_write_taken_while_the_daemon_starts_meets_
             await asyncio.sleep(1.0)  # nothing turns it back
             assert await newer_everywhere()
         finally:
-            capture_gate.set()
-            apply_gate.set()
+            capture.release()
+            apply.release()
             restarted.request_stop()
             code = await asyncio.wait_for(run, 60)
         assert code == 0
